@@ -1,0 +1,97 @@
+# Command line, the same on both interpreters:
+#   micropython -m midge [--host H] [--port P] [--config FILE] [--board NAME] [--log-level L]
+#   python3 -m midge ...
+# Exit status 2 for a bad argument or config value (the message names it).
+import sys
+
+from . import log
+from .config import ConfigError, load_config, read_json
+
+USAGE = """usage: midge [--host HOST] [--port PORT] [--config FILE.json] [--board NAME] [--log-level LEVEL]
+  --host HOST        address to listen on (default 127.0.0.1)
+  --port PORT        TCP port (default 1883)
+  --config FILE      JSON object of config keys (see README, configuration reference)
+  --board NAME       apply boards/NAME/board.json budgets before --config
+  --log-level LEVEL  debug, info, warning, error or off"""
+
+
+def _boards_dirs():
+    """Where --board looks: ./boards, then <repo>/boards next to lib/."""
+    dirs = ["boards"]
+    here = __file__.replace("\\", "/")
+    parts = here.split("/")
+    if len(parts) >= 3:
+        dirs.append("/".join(parts[:-3] + ["boards"]) or "/boards")
+    return dirs
+
+
+def load_board(name):
+    for d in _boards_dirs():
+        path = d + "/" + name + "/board.json"
+        try:
+            open(path).close()
+        except OSError:
+            continue
+        data = read_json(path)
+        cfg = data.get("config", {})
+        if not isinstance(cfg, dict):
+            raise ConfigError("board %s: 'config' must be an object" % name)
+        return cfg
+    raise ConfigError("unknown board '%s' (looked in %s)" % (name, ", ".join(_boards_dirs())))
+
+
+def parse_args(argv):
+    """argv -> (cli overrides dict, board name or None, config path or None)."""
+    cli = {}
+    board = None
+    config_path = None
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("-h", "--help"):
+            print(USAGE)
+            sys.exit(0)
+        if i + 1 >= len(argv):
+            raise ConfigError("option %s needs a value" % a)
+        v = argv[i + 1]
+        if a == "--host":
+            cli["host"] = v
+        elif a == "--port":
+            try:
+                cli["port"] = int(v)
+            except ValueError:
+                raise ConfigError("--port: %r is not an integer (allowed 0..65535)" % v)
+        elif a == "--config":
+            config_path = v
+        elif a == "--board":
+            board = v
+        elif a == "--log-level":
+            cli["log_level"] = v
+        else:
+            raise ConfigError("unknown option %s" % a)
+        i += 2
+    return cli, board, config_path
+
+
+def main(argv):
+    try:
+        cli, board, config_path = parse_args(argv)
+        board_cfg = load_board(board) if board else None
+        file_cfg = read_json(config_path) if config_path else None
+        cfg = load_config(board_cfg, file_cfg, cli)
+    except ConfigError as e:
+        sys.stderr.write("midge: %s\n" % e)
+        sys.exit(2)
+    log.set_level(cfg["log_level"])
+    if board:
+        log.info("board %s", board)
+    log.info("caps: " + ", ".join("%s=%s" % (k, cfg[k]) for k in sorted(cfg) if k.startswith("max_")))
+    log.info("state is kept in memory only (no store configured)")
+    from . import serve
+    try:
+        serve(cfg)
+    except KeyboardInterrupt:
+        log.info("stopped")
+
+
+main(sys.argv[1:])

@@ -1,0 +1,378 @@
+# The broker core: sessions, connect/takeover/will, routing, flow control
+# and the periodic tick. No sockets and no asyncio: it talks to connections
+# only through this small interface, which tests implement with a fake:
+#
+#   conn.send(data)      queue bytes for the client (never blocks)
+#   conn.room()          bytes that may still be queued before the
+#                        max_outbound_bytes cap (<= 0: congested)
+#   conn.close()         ask the connection to close (takeover, keepalive);
+#                        it later calls Broker.detach(conn, graceful)
+#   conn.session         the attached Session or None (set by the broker)
+#   conn.keepalive_ms    0 = no keepalive; set by the broker on CONNECT
+#   conn.last_rx_ms      ticks_ms of the last bytes received
+#
+# Time comes from the injected clock (ticks_ms by default) so tests can
+# drive keepalive and $SYS deterministically, wrap-around included.
+from . import codec, log
+from .compat import ticks_ms, ticks_diff, ticks_add
+from .message import Message
+from .protocol import (
+    CONNACK_ACCEPTED, CONNACK_ID_REJECTED, CONNACK_UNAVAILABLE, CONNACK_NOT_AUTHORIZED,
+    SUBACK_FAILURE,
+)
+from .retained import Retained
+from .session import Session, PID, MSG, QOS, RETAIN, STATE, AWAIT_ACK, AWAIT_COMP
+from .subscriptions import Subscriptions
+from . import topics
+
+VERSION = "0.1.0"
+
+# $SYS counters, all published under $SYS/broker/counters/<name>.
+COUNTERS = (
+    "clients_refused", "connect_timeouts", "keepalive_timeouts", "malformed_packets",
+    "oversize_packets", "sessions_evicted", "sessions_refused", "queue_dropped",
+    "slow_dropped", "slow_disconnects", "retained_refused", "subscriptions_refused",
+    "topic_limit", "sys_publish_dropped", "inflight_in_exceeded",
+)
+
+
+class Broker:
+    def __init__(self, cfg, clock=ticks_ms):
+        self.cfg = cfg
+        self.clock = clock
+        self.started_ms = clock()
+        self.sessions = {}          # client_id -> Session
+        self.online = 0             # sessions with a connection
+        self.subs = Subscriptions()
+        self.retained = Retained(cfg["max_retained_messages"], cfg["max_retained_bytes"])
+        self.counters = {}
+        for name in COUNTERS:
+            self.counters[name] = 0
+        self.msgs_in = 0            # PUBLISH packets received
+        self.msgs_out = 0           # PUBLISH packets sent
+        self.bytes_in = 0           # maintained by the connection layer
+        self.bytes_out = 0
+        self._assigned = 0          # counter for broker-assigned client ids
+        self._next_sys_ms = self.started_ms
+        # caps read once: the hot path does attribute lookups, not dict lookups
+        self.max_inflight = cfg["max_inflight"]
+        self.max_queued = cfg["max_queued_messages"]
+        self.max_queued_bytes = cfg["max_queued_bytes"]
+
+    def count(self, name):
+        self.counters[name] += 1
+
+    # --- connect / disconnect --------------------------------------------------
+
+    def connect(self, conn, c):
+        """Handle a decoded, level-checked CONNECT (codec.Connect). Sends
+        CONNACK. Returns True when accepted; on refusal the caller closes
+        the connection after the CONNACK is written [MQTT-3.2.2-5]."""
+        now = self.clock()
+        cid = c.client_id
+        if not self.cfg["allow_anonymous"]:
+            conn.send(codec.connack(False, CONNACK_NOT_AUTHORIZED))
+            return False
+        if cid == "":
+            if not c.clean:
+                conn.send(codec.connack(False, CONNACK_ID_REJECTED))  # [MQTT-3.1.3-8]
+                return False
+            cid = self._assign_id()  # [MQTT-3.1.3-6]
+        elif len(cid) > self.cfg["max_client_id_length"]:
+            conn.send(codec.connack(False, CONNACK_ID_REJECTED))
+            return False
+        will = None
+        if c.will_topic is not None:
+            if not topics.name_ok(c.will_topic):
+                raise_protocol("will topic is not a valid topic name")
+            will = Message(c.will_topic, c.will_payload, c.will_qos, c.will_retain)
+        s = self.sessions.get(cid)
+        if s is not None and s.conn is not None:
+            # Takeover [MQTT-3.1.4-2]: close the old connection; it did not
+            # send DISCONNECT, so its will is published.
+            old = s.conn
+            self.detach(old, False)
+            old.close()
+            s = self.sessions.get(cid)  # a clean session was dropped by detach
+        if s is not None and c.clean:
+            self._drop_session(s)  # [MQTT-3.1.2-6]
+            s = None
+        present = s is not None
+        if s is None:
+            if len(self.sessions) >= self.cfg["max_sessions"] and not self._evict_one():
+                self.count("sessions_refused")
+                conn.send(codec.connack(False, CONNACK_UNAVAILABLE))
+                return False
+            s = Session(cid, c.clean, now)
+            self.sessions[cid] = s
+        s.will = will
+        s.conn = conn
+        s.last_seen_ms = now
+        conn.session = s
+        conn.keepalive_ms = c.keepalive_s * 1000
+        self.online += 1
+        conn.send(codec.connack(present, CONNACK_ACCEPTED))  # [MQTT-3.2.2-1..3]
+        if log.level <= log.INFO:
+            log.info("client %s connected (clean=%d keepalive=%ds present=%d)",
+                     cid, c.clean, c.keepalive_s, present)
+        if present:
+            self._resend(s)
+        return True
+
+    def detach(self, conn, graceful):
+        """The connection is gone (or going). Idempotent. Publishes the
+        will unless the client sent DISCONNECT [MQTT-3.1.2-8],
+        [MQTT-3.14.4-3]; drops a clean session."""
+        s = conn.session
+        if s is None:
+            return
+        conn.session = None
+        if s.conn is not conn:
+            return
+        s.conn = None
+        self.online -= 1
+        s.last_seen_ms = self.clock()
+        will = s.will
+        s.will = None
+        if log.level <= log.INFO:
+            log.info("client %s disconnected (%s)", s.client_id, "clean" if graceful else "unclean")
+        if will is not None and not graceful:
+            self.publish(will)
+        if s.clean:
+            self._drop_session(s)
+
+    def _assign_id(self):
+        while True:
+            self._assigned += 1
+            cid = "midge-%d-%d" % (self.started_ms & 0xFFFF, self._assigned)
+            if cid not in self.sessions:
+                return cid
+
+    def _drop_session(self, s):
+        for filt in s.subs:
+            self.subs.remove(topics.split(filt), s)
+        s.subs = {}
+        s.clear_delivery_state()
+        if self.sessions.get(s.client_id) is s:
+            del self.sessions[s.client_id]
+
+    def _evict_one(self):
+        """max_sessions: drop the least recently seen offline session."""
+        now = self.clock()
+        victim = None
+        age = -1
+        for s in self.sessions.values():
+            if s.conn is None:
+                a = ticks_diff(now, s.last_seen_ms)
+                if a > age:
+                    victim, age = s, a
+        if victim is None:
+            return False
+        self.count("sessions_evicted")
+        log.info("session %s evicted (max_sessions)", victim.client_id)
+        self._drop_session(victim)
+        return True
+
+    # --- routing -----------------------------------------------------------------
+
+    def publish(self, msg, exempt=False):
+        """Route one message: retained store, then every matching session
+        once at the highest granted QoS, downgraded to the message's QoS
+        [MQTT-3.8.4-6]."""
+        levels = topics.split(msg.topic)
+        if msg.retain:
+            if not self.retained.set(levels, msg, exempt):
+                self.count("retained_refused")
+        matches = {}
+        self.subs.match(levels, matches)
+        mq = msg.qos
+        for s in matches:
+            q = matches[s]
+            self.deliver(s, msg, q if q < mq else mq)
+
+    def deliver(self, s, msg, qos):
+        """Send a live message to one session or queue it (retain 0
+        [MQTT-3.3.1-9])."""
+        conn = s.conn
+        if qos == 0:
+            if conn is None:
+                return  # QoS 0 is not queued for offline sessions
+            if conn.room() <= 0:
+                self.counters["slow_dropped"] += 1
+                return
+            conn.send(msg.frame_qos0())
+            self.msgs_out += 1
+            return
+        if (conn is not None and not s.queue and len(s.inflight) < self.max_inflight
+                and conn.room() > 0):
+            self._send_new(s, msg, qos, False)
+        else:
+            self._enqueue(s, msg, qos)
+
+    def _send_new(self, s, msg, qos, retain):
+        pid = s.next_pid()
+        s.inflight.append([pid, msg, qos, retain, AWAIT_ACK])
+        conn = s.conn
+        conn.send(msg.head(qos, retain, False))
+        conn.send(codec.pid_bytes(pid))
+        conn.send(msg.payload)
+        self.msgs_out += 1
+
+    def _enqueue(self, s, msg, qos):
+        """Session queue with drop-oldest caps (max_queued_messages,
+        max_queued_bytes)."""
+        size = msg.size()
+        if size > self.max_queued_bytes or self.max_queued == 0:
+            self.count("queue_dropped")
+            return
+        q = s.queue
+        while q and (len(q) >= self.max_queued or s.queued_bytes + size > self.max_queued_bytes):
+            old = q.pop(0)
+            s.queued_bytes -= old[0].size()
+            self.count("queue_dropped")
+        q.append((msg, qos))
+        s.queued_bytes += size
+
+    def pump(self, s):
+        """Move waiting messages onto the wire while the inflight window
+        and the connection's outbound buffer allow: retained messages for
+        new subscriptions first, then the session queue. Called after
+        CONNECT, SUBSCRIBE, PUBACK/PUBCOMP and when a connection drains."""
+        conn = s.conn
+        if conn is None:
+            return
+        bl = s.backlog
+        while s.backlog_pos < len(bl) and conn.room() > 0:
+            msg, qos = bl[s.backlog_pos]
+            if qos and len(s.inflight) >= self.max_inflight:
+                break
+            bl[s.backlog_pos] = None  # release the reference
+            s.backlog_pos += 1
+            if qos:
+                self._send_new(s, msg, qos, True)
+            else:
+                conn.send(msg.head(0, True, False))
+                conn.send(msg.payload)
+                self.msgs_out += 1
+        if s.backlog_pos >= len(bl) and bl:
+            s.backlog = []
+            s.backlog_pos = 0
+        q = s.queue
+        while q and len(s.inflight) < self.max_inflight and conn.room() > 0:
+            msg, qos = q.pop(0)
+            s.queued_bytes -= msg.size()
+            self._send_new(s, msg, qos, False)
+
+    def _resend(self, s):
+        """Reconnect of a persistent session: unacknowledged PUBLISH again
+        with DUP [MQTT-3.3.1-1], PUBREL again for those awaiting PUBCOMP, in
+        the original order [MQTT-4.4.0-1], then whatever is queued."""
+        conn = s.conn
+        for e in s.inflight:
+            if e[STATE] == AWAIT_ACK:
+                msg = e[MSG]
+                conn.send(msg.head(e[QOS], e[RETAIN], True))
+                conn.send(codec.pid_bytes(e[PID]))
+                conn.send(msg.payload)
+                self.msgs_out += 1
+            else:
+                conn.send(codec.pubrel(e[PID]))
+        self.pump(s)
+
+    # --- acknowledgements from the client ------------------------------------
+
+    def puback(self, s, pid):
+        e = s.find_inflight(pid)
+        if e is not None and e[QOS] == 1:
+            s.inflight.remove(e)
+            self.pump(s)
+
+    def pubrec(self, s, pid):
+        e = s.find_inflight(pid)
+        if e is not None and e[QOS] == 2:
+            e[STATE] = AWAIT_COMP
+            e[MSG] = None  # the message itself is no longer needed [MQTT-4.3.3-1]
+        s.conn.send(codec.pubrel(pid))
+
+    def pubcomp(self, s, pid):
+        e = s.find_inflight(pid)
+        if e is not None and e[STATE] == AWAIT_COMP:
+            s.inflight.remove(e)
+            self.pump(s)
+
+    # --- subscriptions ---------------------------------------------------------------
+
+    def subscribe(self, s, pid, requests):
+        """SUBSCRIBE: per-filter return codes in order [MQTT-3.8.4-5], SUBACK
+        [MQTT-3.8.4-1], then retained messages for each accepted filter
+        [MQTT-3.8.4-3]."""
+        codes = []
+        retained = []
+        cfg = self.cfg
+        for filt, qos in requests:
+            levels = topics.filter_levels(filt)
+            if levels is None:
+                codes.append(SUBACK_FAILURE)
+                continue
+            if not topics.within_limits(filt, levels, cfg["max_topic_length"], cfg["max_topic_levels"]):
+                self.count("topic_limit")
+                codes.append(SUBACK_FAILURE)
+                continue
+            if filt not in s.subs and len(s.subs) >= cfg["max_subscriptions"]:
+                self.count("subscriptions_refused")
+                codes.append(SUBACK_FAILURE)
+                continue
+            s.subs[filt] = qos
+            self.subs.add(levels, s, qos)
+            codes.append(qos)
+            found = []
+            self.retained.match(levels, found)
+            for msg in found:
+                retained.append((msg, qos if qos < msg.qos else msg.qos))
+        s.conn.send(codec.suback(pid, codes))
+        if retained:
+            if s.backlog_pos < len(s.backlog):
+                s.backlog.extend(retained)
+            else:
+                s.backlog = retained
+                s.backlog_pos = 0
+            self.pump(s)
+
+    def unsubscribe(self, s, pid, filters):
+        for filt in filters:
+            if filt in s.subs:
+                del s.subs[filt]
+                levels = topics.filter_levels(filt)
+                if levels is not None:
+                    self.subs.remove(levels, s)
+        s.conn.send(codec.unsuback(pid))  # [MQTT-3.10.4-4]
+
+    # --- time --------------------------------------------------------------------------
+
+    def tick(self):
+        """Once or more a second: keepalive [MQTT-3.1.2-24] and $SYS."""
+        now = self.clock()
+        for s in list(self.sessions.values()):
+            conn = s.conn
+            if conn is None or not conn.keepalive_ms:
+                continue
+            if ticks_diff(now, conn.last_rx_ms) > conn.keepalive_ms * 3 // 2:
+                self.count("keepalive_timeouts")
+                log.info("client %s keepalive timeout", s.client_id)
+                self.detach(conn, False)
+                conn.close()
+        interval = self.cfg["sys_interval_s"]
+        if interval and ticks_diff(now, self._next_sys_ms) >= 0:
+            self._next_sys_ms = ticks_add(now, interval * 1000)
+            from . import sys_topics
+            sys_topics.publish_all(self, now)
+
+    def uptime_s(self, now=None):
+        if now is None:
+            now = self.clock()
+        return ticks_diff(now, self.started_ms) // 1000
+
+
+def raise_protocol(message):
+    from .protocol import ProtocolError, RC_PROTOCOL_ERROR
+    raise ProtocolError(message, RC_PROTOCOL_ERROR)

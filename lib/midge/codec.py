@@ -1,0 +1,329 @@
+# Pure MQTT 3.1.1 encoding and decoding over bytes. No I/O, no state.
+#
+# Decoders take the receive buffer and the [start, end) span of one packet's
+# variable header + payload (as found by split_frame) and either return the
+# decoded fields or raise ProtocolError; they never read outside the span.
+# Encoders return bytes ready for the socket.
+from .compat import const
+from .protocol import (
+    ProtocolError, RC_MALFORMED, RC_PROTOCOL_ERROR, RC_PACKET_TOO_LARGE,
+    LEVEL_31, LEVEL_311,
+)
+
+_MAX_RL_BYTES = const(4)  # remaining length is at most 4 bytes [MQTT-2.2.3]
+
+
+def split_frame(buf, pos, max_packet_size):
+    """Find the packet starting at buf[pos].
+
+    Returns (first_byte, body_start, body_end) when the whole packet is in
+    buf, None when more bytes are needed. Raises ProtocolError for a
+    remaining length longer than 4 bytes and, as soon as the length is
+    known, for a packet larger than max_packet_size (header included), so an
+    oversize packet is never buffered."""
+    end = len(buf)
+    i = pos + 1
+    length = 0
+    shift = 0
+    while True:
+        if i >= end:
+            return None
+        b = buf[i]
+        length |= (b & 0x7F) << shift
+        i += 1
+        if not b & 0x80:
+            break
+        shift += 7
+        if i - pos > _MAX_RL_BYTES:
+            raise ProtocolError("remaining length longer than 4 bytes")
+    if i + length - pos > max_packet_size:
+        raise ProtocolError("packet of %d bytes over max_packet_size" % (i + length - pos),
+                            RC_PACKET_TOO_LARGE, "oversize_packets")
+    if i + length > end:
+        return None
+    return buf[pos], i, i + length
+
+
+def encode_length(n):
+    """Remaining-length field for n bytes [MQTT-2.2.3]."""
+    if n < 128:
+        return bytes((n,))
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+# --- strings -----------------------------------------------------------------
+
+def _utf8_strict(b):
+    """Raise unless b is well-formed UTF-8 without surrogates or overlong
+    forms [MQTT-1.5.3-1]. MicroPython's decoder accepts both, so check here."""
+    i = 0
+    n = len(b)
+    while i < n:
+        c = b[i]
+        if c < 0x80:
+            i += 1
+            continue
+        if 0xC2 <= c <= 0xDF:
+            need, lo, hi = 1, 0x80, 0xBF
+        elif c == 0xE0:
+            need, lo, hi = 2, 0xA0, 0xBF
+        elif c == 0xED:
+            need, lo, hi = 2, 0x80, 0x9F  # excludes U+D800..U+DFFF
+        elif 0xE1 <= c <= 0xEF:
+            need, lo, hi = 2, 0x80, 0xBF
+        elif c == 0xF0:
+            need, lo, hi = 3, 0x90, 0xBF
+        elif 0xF1 <= c <= 0xF3:
+            need, lo, hi = 3, 0x80, 0xBF
+        elif c == 0xF4:
+            need, lo, hi = 3, 0x80, 0x8F
+        else:
+            raise ProtocolError("invalid UTF-8")
+        if i + need >= n:
+            raise ProtocolError("truncated UTF-8")
+        c2 = b[i + 1]
+        if c2 < lo or c2 > hi:
+            raise ProtocolError("invalid UTF-8")
+        for k in range(i + 2, i + 1 + need):
+            if b[k] & 0xC0 != 0x80:
+                raise ProtocolError("invalid UTF-8")
+        i += 1 + need
+
+
+def decode_utf8(b):
+    """Bytes of an MQTT UTF-8 string -> str. Raises ProtocolError for
+    ill-formed UTF-8 and for U+0000 [MQTT-1.5.3-2]."""
+    try:
+        s = str(b, "utf-8")
+    except UnicodeError:
+        raise ProtocolError("invalid UTF-8")
+    if len(s) != len(b):  # not pure ASCII: MicroPython needs the strict check
+        _utf8_strict(b)
+    if "\x00" in s:
+        raise ProtocolError("U+0000 in a UTF-8 string")
+    return s
+
+
+def _read_bytes(buf, pos, end):
+    """Two-byte length + data [MQTT-1.5.3]. Returns (bytes, next_pos)."""
+    if pos + 2 > end:
+        raise ProtocolError("truncated length field")
+    n = (buf[pos] << 8) | buf[pos + 1]
+    pos += 2
+    if pos + n > end:
+        raise ProtocolError("string runs past the packet")
+    return bytes(buf[pos:pos + n]), pos + n
+
+
+def _read_str(buf, pos, end):
+    b, pos = _read_bytes(buf, pos, end)
+    return decode_utf8(b), pos
+
+
+def _read_pid(buf, pos, end):
+    if pos + 2 > end:
+        raise ProtocolError("truncated packet identifier")
+    pid = (buf[pos] << 8) | buf[pos + 1]
+    if pid == 0:
+        raise ProtocolError("packet identifier 0", RC_PROTOCOL_ERROR)  # [MQTT-2.3.1-1]
+    return pid
+
+
+# --- CONNECT -------------------------------------------------------------------
+
+class Connect:
+    """A decoded CONNECT. `level_ok` is False when the protocol name was
+    valid but the level is not one we speak: the caller answers CONNACK 1
+    [MQTT-3.1.2-2] and the other fields are then unset."""
+
+    def __init__(self):
+        self.level = 0
+        self.level_ok = False
+        self.clean = True
+        self.keepalive_s = 0
+        self.client_id = ""
+        self.will_topic = None
+        self.will_payload = None
+        self.will_qos = 0
+        self.will_retain = False
+        self.username = None
+        self.password = None
+
+
+def decode_connect(flags, buf, pos, end):
+    if flags:
+        raise ProtocolError("CONNECT fixed-header flags not 0")  # [MQTT-2.2.2-2]
+    c = Connect()
+    name, pos = _read_bytes(buf, pos, end)
+    if pos + 4 > end:
+        raise ProtocolError("truncated CONNECT")
+    level = buf[pos]
+    if name == b"MQTT":
+        c.level_ok = level == LEVEL_311
+    elif name == b"MQIsdp":
+        c.level_ok = level == LEVEL_31
+    else:
+        raise ProtocolError("unknown protocol name", RC_PROTOCOL_ERROR)  # [MQTT-3.1.2-1]
+    c.level = level
+    if not c.level_ok:
+        return c
+    cf = buf[pos + 1]
+    c.keepalive_s = (buf[pos + 2] << 8) | buf[pos + 3]
+    pos += 4
+    if cf & 0x01:
+        raise ProtocolError("CONNECT reserved flag set")  # [MQTT-3.1.2-3]
+    c.clean = bool(cf & 0x02)
+    will = cf & 0x04
+    will_qos = (cf >> 3) & 3
+    will_retain = bool(cf & 0x20)
+    has_password = cf & 0x40
+    has_user = cf & 0x80
+    if will:
+        if will_qos == 3:
+            raise ProtocolError("will QoS 3")  # [MQTT-3.1.2-14]
+    elif will_qos or will_retain:
+        raise ProtocolError("will QoS/retain without will flag")  # [MQTT-3.1.2-11], [MQTT-3.1.2-13]
+    if has_password and not has_user:
+        raise ProtocolError("password flag without user name flag")  # [MQTT-3.1.2-22]
+    c.client_id, pos = _read_str(buf, pos, end)  # [MQTT-3.1.3-4]
+    if will:
+        c.will_topic, pos = _read_str(buf, pos, end)
+        c.will_payload, pos = _read_bytes(buf, pos, end)
+        c.will_qos = will_qos
+        c.will_retain = will_retain
+    if has_user:
+        c.username, pos = _read_str(buf, pos, end)
+    if has_password:
+        c.password, pos = _read_bytes(buf, pos, end)
+    if pos != end:
+        raise ProtocolError("bytes after the CONNECT payload")
+    return c
+
+
+# --- PUBLISH -----------------------------------------------------------------------
+
+def decode_publish(flags, buf, pos, end):
+    """Returns (topic, qos, retain, dup, pid, payload); pid is 0 for QoS 0."""
+    qos = (flags >> 1) & 3
+    if qos == 3:
+        raise ProtocolError("PUBLISH QoS 3")  # [MQTT-3.3.1-4]
+    dup = flags & 0x08
+    if dup and not qos:
+        raise ProtocolError("DUP set on QoS 0 PUBLISH")  # [MQTT-3.3.1-2]
+    topic, pos = _read_str(buf, pos, end)
+    pid = 0
+    if qos:
+        pid = _read_pid(buf, pos, end)
+        pos += 2
+    return topic, qos, bool(flags & 0x01), bool(dup), pid, bytes(buf[pos:end])
+
+
+# --- acknowledgements, SUBSCRIBE, UNSUBSCRIBE, PINGREQ, DISCONNECT ------------------
+
+def decode_pid_only(flags, want_flags, buf, pos, end):
+    """PUBACK, PUBREC, PUBREL, PUBCOMP: exactly a packet identifier."""
+    if flags != want_flags:
+        raise ProtocolError("wrong fixed-header flags")  # [MQTT-2.2.2-2], [MQTT-3.6.1-1]
+    if end - pos != 2:
+        raise ProtocolError("acknowledgement length not 2")
+    return _read_pid(buf, pos, end)
+
+
+def decode_subscribe(flags, buf, pos, end):
+    """Returns (pid, [(filter, qos), ...])."""
+    if flags != 0x02:
+        raise ProtocolError("SUBSCRIBE flags not 0010")  # [MQTT-3.8.1-1]
+    pid = _read_pid(buf, pos, end)
+    pos += 2
+    subs = []
+    while pos < end:
+        filt, pos = _read_str(buf, pos, end)
+        if pos >= end:
+            raise ProtocolError("SUBSCRIBE filter without QoS byte")
+        q = buf[pos]
+        pos += 1
+        if q > 2:
+            raise ProtocolError("SUBSCRIBE requested QoS byte invalid")  # [MQTT-3.8.3-4]
+        subs.append((filt, q))
+    if not subs:
+        raise ProtocolError("SUBSCRIBE without filters", RC_PROTOCOL_ERROR)  # [MQTT-3.8.3-3]
+    return pid, subs
+
+
+def decode_unsubscribe(flags, buf, pos, end):
+    """Returns (pid, [filter, ...])."""
+    if flags != 0x02:
+        raise ProtocolError("UNSUBSCRIBE flags not 0010")  # [MQTT-3.10.1-1]
+    pid = _read_pid(buf, pos, end)
+    pos += 2
+    filters = []
+    while pos < end:
+        filt, pos = _read_str(buf, pos, end)
+        filters.append(filt)
+    if not filters:
+        raise ProtocolError("UNSUBSCRIBE without filters", RC_PROTOCOL_ERROR)  # [MQTT-3.10.3-2]
+    return pid, filters
+
+
+def check_empty(flags, pos, end):
+    """PINGREQ and DISCONNECT: no flags, no body."""
+    if flags or pos != end:
+        raise ProtocolError("PINGREQ/DISCONNECT with flags or a body")
+
+
+# --- encoders -----------------------------------------------------------------------
+
+def connack(session_present, rc):
+    return bytes((0x20, 2, 1 if session_present else 0, rc))
+
+
+def _ack(first, pid):
+    return bytes((first, 2, pid >> 8, pid & 0xFF))
+
+
+def puback(pid):
+    return _ack(0x40, pid)
+
+
+def pubrec(pid):
+    return _ack(0x50, pid)
+
+
+def pubrel(pid):
+    return _ack(0x62, pid)  # PUBREL flags are 0010 [MQTT-3.6.1-1]
+
+
+def pubcomp(pid):
+    return _ack(0x70, pid)
+
+
+def suback(pid, codes):
+    return bytes((0x90,)) + encode_length(2 + len(codes)) + bytes((pid >> 8, pid & 0xFF)) + bytes(codes)
+
+
+def unsuback(pid):
+    return _ack(0xB0, pid)
+
+
+PINGRESP = b"\xd0\x00"
+
+
+def publish_head(topic_bytes, payload_len, qos, retain, dup):
+    """Fixed header + topic of a PUBLISH. For QoS > 0 the caller sends the
+    2-byte packet identifier between this head and the payload."""
+    first = 0x30 | (qos << 1) | (1 if retain else 0) | (0x08 if dup else 0)
+    rl = 2 + len(topic_bytes) + payload_len + (2 if qos else 0)
+    n = len(topic_bytes)
+    return bytes((first,)) + encode_length(rl) + bytes((n >> 8, n & 0xFF)) + topic_bytes
+
+
+def pid_bytes(pid):
+    return bytes((pid >> 8, pid & 0xFF))

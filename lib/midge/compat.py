@@ -1,0 +1,84 @@
+# The one module that knows which interpreter it runs on.
+#
+# Everything else in midge imports time, const and memory facts from here,
+# so the rest of the package is the same source on CPython and MicroPython.
+# This module imports nothing from midge.
+import sys
+import gc
+
+MICROPYTHON = sys.implementation.name == "micropython"
+
+try:
+    from micropython import const  # inlines _NAME = const(x) at compile time
+except ImportError:
+    def const(value):
+        return value
+
+try:
+    from time import ticks_ms, ticks_diff, ticks_add  # MicroPython: wraps on 32-bit boards
+except ImportError:
+    import time as _time
+
+    def ticks_ms():
+        return int(_time.monotonic() * 1000)
+
+    def ticks_diff(a, b):
+        return a - b
+
+    def ticks_add(a, delta):
+        return a + delta
+
+
+def mem_free():
+    """Free heap in bytes, or -1 where the interpreter cannot tell."""
+    try:
+        return gc.mem_free()
+    except AttributeError:
+        return -1
+
+
+def mem_alloc():
+    """Allocated heap in bytes, or -1 where the interpreter cannot tell."""
+    try:
+        return gc.mem_alloc()
+    except AttributeError:
+        return -1
+
+
+def set_nodelay(writer):
+    """Turn on TCP_NODELAY (level 6 = IPPROTO_TCP, option 1) where the
+    socket allows it; MicroPython has no constant for it. Best effort."""
+    if MICROPYTHON:
+        sock = getattr(writer, "s", None)  # get_extra_info knows only "peername"
+    else:
+        sock = writer.get_extra_info("socket")
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(6, 1, 1)
+    except (OSError, AttributeError, TypeError):
+        pass
+
+
+def peer_text(writer):
+    """'host:port' of the peer. The unix port returns a raw sockaddr
+    bytearray (family, port big-endian, IPv4 address); CPython and the
+    boards return a tuple."""
+    try:
+        peer = writer.get_extra_info("peername")
+    except Exception:
+        return "?"
+    if isinstance(peer, tuple):
+        return "%s:%s" % (peer[0], peer[1])
+    if isinstance(peer, (bytes, bytearray)) and len(peer) >= 8:
+        return "%d.%d.%d.%d:%d" % (peer[4], peer[5], peer[6], peer[7], (peer[2] << 8) | peer[3])
+    return "?"
+
+
+def print_exception(exc):
+    """Print a traceback on either interpreter."""
+    if MICROPYTHON:
+        sys.print_exception(exc)
+    else:
+        import traceback
+        traceback.print_exception(type(exc), exc, exc.__traceback__)

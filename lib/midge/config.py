@@ -1,0 +1,144 @@
+# Configuration: one dict of defaults and one validating loader.
+#
+# Contract: load_config(overrides) returns a new dict holding every key of
+# DEFAULTS. An unknown key, a value of the wrong type or a number outside its
+# range raises ConfigError whose message names the key and the allowed range;
+# callers stop start-up on it. Board profiles (boards/<name>/board.json) and
+# the --config file are plain overrides of this same dict, applied in that
+# order, so every key documented here can be set in either place.
+#
+# Sizes carry their unit in the name (_bytes, _ms, _s). Every cap that a
+# client can push against is listed here together with what happens when it
+# is hit; the broker counts each hit under $SYS/broker/counters/<counter>.
+
+
+class ConfigError(ValueError):
+    pass
+
+
+# key: (default, minimum, maximum). A string default takes a string; for
+# strings the "range" is a tuple of allowed values, or None for any string.
+SPEC = {
+    # --- listener -----------------------------------------------------------
+    "host": ("127.0.0.1", None, None),
+    "port": (1883, 0, 65535),
+    # Connections at once. One more is accepted and closed at once, without
+    # reading anything (counter: clients_refused).
+    "max_clients": (8, 1, 10000),
+    # A socket that sends no complete CONNECT within this time is closed
+    # (counter: connect_timeouts).
+    "connect_timeout_ms": (5000, 100, 600000),
+    # --- sessions -----------------------------------------------------------
+    # Sessions kept, online and offline together. When full, a CONNECT for a
+    # new client id evicts the least recently seen offline session (counter:
+    # sessions_evicted); if every session is online it is refused with
+    # CONNACK 3, server unavailable (counter: sessions_refused).
+    "max_sessions": (16, 1, 100000),
+    # Longest client id accepted; longer ones get CONNACK 2, identifier
+    # rejected. MQTT 3.1.1 requires at least 23 [MQTT-3.1.3-5].
+    "max_client_id_length": (64, 23, 65535),
+    # Outbound QoS 1/2 messages awaiting PUBACK/PUBCOMP per session. Further
+    # messages wait in the session queue (no counter: this is flow control).
+    "max_inflight": (10, 1, 65535),
+    # Inbound QoS 2 messages received but not yet released (PUBREL) per
+    # session. A client that passes it is disconnected (counter:
+    # inflight_in_exceeded); well-behaved clients keep far fewer.
+    "max_inflight_in": (64, 1, 65535),
+    # Messages waiting per session (offline, or inflight window full). When
+    # either cap would be passed the OLDEST waiting message is dropped to
+    # make room (counter: queue_dropped). QoS 0 messages are never queued
+    # for an offline session (as mosquitto's default).
+    "max_queued_messages": (32, 0, 1000000),
+    "max_queued_bytes": (16384, 0, 1 << 30),
+    # Filters per session. A filter past the cap gets SUBACK 0x80 (counter:
+    # subscriptions_refused); re-subscribing an existing filter always works.
+    "max_subscriptions": (16, 1, 100000),
+    # --- messages and topics -------------------------------------------------
+    # Whole packet, fixed header included. A larger packet closes the
+    # connection as soon as its length field is read (counter:
+    # oversize_packets); nothing past the header is buffered.
+    "max_packet_size": (4096, 64, 268435460),
+    # A topic name or filter longer (UTF-8 bytes) or deeper (levels) than
+    # this: a PUBLISH closes the connection, a SUBSCRIBE filter gets 0x80
+    # (counter: topic_limit).
+    "max_topic_length": (128, 1, 65535),
+    "max_topic_levels": (8, 1, 1000),
+    # --- retained messages ----------------------------------------------------
+    # A retained message for a NEW topic that would pass either cap is not
+    # stored (it is still delivered to current subscribers); replacing or
+    # clearing an existing topic always works if the bytes fit (counter:
+    # retained_refused). $SYS topics do not count against these caps.
+    "max_retained_messages": (64, 0, 1000000),
+    "max_retained_bytes": (16384, 0, 1 << 30),
+    # --- slow consumers ---------------------------------------------------------
+    # Bytes waiting to be written to one connection. Above it, QoS 0
+    # messages for that client are dropped (counter: slow_dropped) and
+    # QoS 1/2 messages wait in the session queue; retained messages for a new
+    # subscription are fed in as the buffer drains.
+    "max_outbound_bytes": (8192, 256, 1 << 30),
+    # A write that cannot drain within this time closes the connection
+    # (counter: slow_disconnects); its will is published.
+    "write_timeout_ms": (10000, 100, 600000),
+    # --- $SYS and logging -------------------------------------------------------
+    # Seconds between $SYS publications; 0 turns $SYS off.
+    "sys_interval_s": (10, 0, 86400),
+    "log_level": ("info", ("debug", "info", "warning", "error", "off"), None),
+    # --- access ------------------------------------------------------------------
+    # MQTT 3.1.1 anonymous access; false refuses every CONNECT with rc 5
+    # until authentication is configured.
+    "allow_anonymous": (True, None, None),
+}
+
+DEFAULTS = {}
+for _k in SPEC:
+    DEFAULTS[_k] = SPEC[_k][0]
+
+
+def _check(key, value):
+    default, low, high = SPEC[key]
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError("config key '%s': %r is not true or false" % (key, value))
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(
+                "config key '%s': %r is not an integer (allowed %d..%d)" % (key, value, low, high))
+        if value < low or value > high:
+            raise ConfigError(
+                "config key '%s': %d is out of range (allowed %d..%d)" % (key, value, low, high))
+        return value
+    if not isinstance(value, str):
+        raise ConfigError("config key '%s': %r is not a string" % (key, value))
+    if low is not None and value not in low:
+        raise ConfigError(
+            "config key '%s': %r is not one of %s" % (key, value, ", ".join(low)))
+    return value
+
+
+def load_config(*overrides):
+    """Merge override dicts over DEFAULTS, later ones winning; validate all."""
+    cfg = dict(DEFAULTS)
+    for layer in overrides:
+        if not layer:
+            continue
+        for key in layer:
+            if key not in SPEC:
+                raise ConfigError("unknown config key '%s'" % key)
+            cfg[key] = _check(key, layer[key])
+    return cfg
+
+
+def read_json(path):
+    """Parse a JSON config file; a syntax error names the file."""
+    import json
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except OSError as e:
+        raise ConfigError("cannot read config file %s: %s" % (path, e))
+    except ValueError as e:
+        raise ConfigError("config file %s is not valid JSON: %s" % (path, e))
+    if not isinstance(data, dict):
+        raise ConfigError("config file %s must hold one JSON object" % path)
+    return data

@@ -1,0 +1,175 @@
+# One client connection: the ONE place that turns errors into a close.
+#
+# Reading: chunks of up to _CHUNK bytes; every complete packet in the buffer
+# is handled before the next await (one wake-up, many packets). A partial
+# packet waits in `_rest`, which never exceeds max_packet_size because
+# codec.split_frame rejects an oversize packet from its length field.
+#
+# Writing: handlers and the broker call send(), which only appends to a
+# list; a writer task joins the list and writes it in one go, so the
+# replies of one wake-up leave in one write. Bytes queued but not yet
+# drained are capped by max_outbound_bytes (see Broker.deliver for what
+# happens above it); a drain that takes longer than write_timeout_ms is
+# found by Server.tick, which closes the connection.
+import asyncio
+
+from . import codec, handlers, log
+from .compat import const, ticks_ms, print_exception, peer_text
+from .protocol import ProtocolError
+
+_CHUNK = const(4096)
+
+
+class Connection:
+    def __init__(self, broker, reader, writer):
+        self.broker = broker
+        self.reader = reader
+        self.writer = writer
+        self.session = None        # set by Broker.connect
+        self.keepalive_ms = 0      # set by Broker.connect
+        self.opened_ms = ticks_ms()
+        self.last_rx_ms = self.opened_ms
+        self.drain_started_ms = -1  # >= 0 while a write is draining
+        self.closing = False       # no more packets are handled once set
+        self.graceful = False      # DISCONNECT received: no will
+        self.peer = peer_text(writer)
+        self._out = []             # bytes objects waiting for the writer task
+        self._out_bytes = 0        # queued + being drained
+        self._max_out = broker.cfg["max_outbound_bytes"]
+        self._wake = asyncio.Event()
+        self._task = None          # the task running run()
+        self._writer_task = None
+
+    # --- interface used by the broker --------------------------------------
+
+    def send(self, data):
+        if not self._out:
+            self._wake.set()
+        self._out.append(data)
+        self._out_bytes += len(data)
+
+    def room(self):
+        return self._max_out - self._out_bytes
+
+    def close(self):
+        """Ask to close, from any task. The reading task is cancelled unless
+        it is the caller (then it sees `closing` after the current packet)."""
+        if self.closing:
+            return
+        self.closing = True
+        self._wake.set()
+        task = self._task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    # --- the connection's life --------------------------------------------------
+
+    async def run(self):
+        self._task = asyncio.current_task()
+        self._writer_task = asyncio.create_task(self._write_loop())
+        broker = self.broker
+        try:
+            await self._read_loop()
+        except ProtocolError as e:
+            broker.count(e.counter)
+            if log.level <= log.INFO:
+                log.info("%s closed: %s", self._name(), e.args[0] if e.args else e)
+        except EOFError:
+            pass
+        except OSError as e:
+            log.debug("%s socket error %s", self._name(), e)
+        except asyncio.CancelledError:
+            pass  # closed by the broker (takeover, keepalive) or the server
+        except Exception as e:  # a bug must cost one connection, never the broker
+            broker.count("malformed_packets")
+            log.error("%s internal error, connection closed: %r", self._name(), e)
+            print_exception(e)
+        self.closing = True
+        try:
+            broker.detach(self, self.graceful)
+        except Exception as e:
+            log.error("detach failed: %r", e)
+            print_exception(e)
+        await self._finish()
+
+    async def _read_loop(self):
+        reader = self.reader
+        broker = self.broker
+        max_packet = broker.cfg["max_packet_size"]
+        rest = b""
+        while not self.closing:
+            data = await reader.read(_CHUNK)
+            if not data:
+                raise EOFError()
+            self.last_rx_ms = ticks_ms()
+            broker.bytes_in += len(data)
+            if rest:
+                data = rest + data
+            pos = 0
+            while True:
+                frame = codec.split_frame(data, pos, max_packet)
+                if frame is None:
+                    break
+                first, start, end = frame
+                handlers.handle(broker, self, first, data, start, end)
+                pos = end
+                if self.closing:
+                    return
+            rest = data[pos:] if pos < len(data) else b""
+
+    async def _write_loop(self):
+        try:
+            await self._write_forever()
+        except asyncio.CancelledError:
+            pass
+        except (OSError, EOFError) as e:
+            log.debug("%s write error %s", self._name(), e)
+            self.close()
+
+    async def _write_forever(self):
+        writer = self.writer
+        while True:
+            if not self._out:
+                self._wake.clear()
+                await self._wake.wait()
+                if self.closing:
+                    return  # _finish sends what is left
+                continue
+            out = self._out
+            data = out[0] if len(out) == 1 else b"".join(out)
+            self._out = []
+            writer.write(data)
+            self.drain_started_ms = ticks_ms()
+            await writer.drain()
+            self.drain_started_ms = -1
+            n = len(data)
+            self._out_bytes -= n
+            self.broker.bytes_out += n
+            s = self.session
+            if s is not None and s.has_pending():
+                self.broker.pump(s)
+
+    async def _finish(self):
+        """Send what is still queued (a refusing CONNACK, say) unless the
+        writer is stuck in a drain, then close the socket."""
+        wt = self._writer_task
+        stuck = self.drain_started_ms >= 0
+        if wt is not None:
+            wt.cancel()
+        try:
+            if self._out and not stuck:
+                data = b"".join(self._out)
+                self._out = []
+                self.writer.write(data)
+                await asyncio.wait_for(self.writer.drain(), 1)
+        except Exception:
+            pass
+        try:
+            self.writer.close()
+            await self.writer.wait_closed()
+        except Exception:
+            pass
+
+    def _name(self):
+        s = self.session
+        return "client %s (%s)" % (s.client_id, self.peer) if s is not None else self.peer

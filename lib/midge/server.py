@@ -1,0 +1,69 @@
+# Listener and housekeeping: accepts sockets up to max_clients, runs one
+# Connection per client, and ticks once every _TICK_MS: connect timeouts,
+# stuck writes, then Broker.tick (keepalive, $SYS).
+import asyncio
+
+from . import log
+from .broker import Broker, VERSION
+from .compat import const, ticks_ms, ticks_diff, set_nodelay, mem_free, MICROPYTHON
+from .connection import Connection
+
+_TICK_MS = const(250)
+
+
+class Server:
+    def __init__(self, cfg, broker=None):
+        self.cfg = cfg
+        self.broker = broker if broker is not None else Broker(cfg)
+        self.conns = []  # open Connections; len() <= max_clients
+        self.stopping = False
+
+    async def run(self):
+        cfg = self.cfg
+        srv = await asyncio.start_server(self._accept, cfg["host"], cfg["port"])
+        log.info("midge %s listening on %s:%d (%s, max_clients=%d, free heap %d)",
+                 VERSION, cfg["host"], cfg["port"],
+                 "micropython" if MICROPYTHON else "cpython", cfg["max_clients"], mem_free())
+        try:
+            while not self.stopping:
+                await asyncio.sleep_ms(_TICK_MS) if MICROPYTHON else await asyncio.sleep(_TICK_MS / 1000)
+                self.tick()
+        finally:
+            srv.close()
+            await srv.wait_closed()
+
+    async def _accept(self, reader, writer):
+        if len(self.conns) >= self.cfg["max_clients"]:
+            self.broker.count("clients_refused")
+            log.info("connection refused: max_clients reached")
+            try:
+                writer.close()
+                await writer.wait_closed()
+            except Exception:
+                pass
+            return
+        set_nodelay(writer)
+        conn = Connection(self.broker, reader, writer)
+        self.conns.append(conn)
+        try:
+            await conn.run()
+        finally:
+            self.conns.remove(conn)
+
+    def tick(self):
+        now = ticks_ms()
+        cfg = self.cfg
+        connect_ms = cfg["connect_timeout_ms"]
+        write_ms = cfg["write_timeout_ms"]
+        for conn in self.conns:
+            if conn.closing:
+                continue
+            if conn.session is None and ticks_diff(now, conn.opened_ms) > connect_ms:
+                self.broker.count("connect_timeouts")
+                log.info("%s closed: no CONNECT within %d ms", conn.peer, connect_ms)
+                conn.close()
+            elif conn.drain_started_ms >= 0 and ticks_diff(now, conn.drain_started_ms) > write_ms:
+                self.broker.count("slow_disconnects")
+                log.info("%s closed: write stalled for %d ms", conn.peer, write_ms)
+                conn.close()
+        self.broker.tick()

@@ -1,0 +1,32 @@
+# $SYS: broker statistics published as retained messages every
+# sys_interval_s. They bypass the retained caps (a fixed, small set).
+from .compat import mem_free, mem_alloc
+from .message import Message
+
+
+def snapshot(broker, now):
+    """[(topic, payload str)] of every $SYS value."""
+    from .broker import VERSION
+    items = [
+        ("$SYS/broker/version", "midge " + VERSION),
+        ("$SYS/broker/uptime", str(broker.uptime_s(now))),
+        ("$SYS/broker/clients/connected", str(broker.online)),
+        ("$SYS/broker/clients/total", str(len(broker.sessions))),
+        ("$SYS/broker/messages/received", str(broker.msgs_in)),
+        ("$SYS/broker/messages/sent", str(broker.msgs_out)),
+        ("$SYS/broker/bytes/received", str(broker.bytes_in)),
+        ("$SYS/broker/bytes/sent", str(broker.bytes_out)),
+        ("$SYS/broker/retained/count", str(broker.retained.count)),
+        ("$SYS/broker/subscriptions/count", str(broker.subs.count)),
+        ("$SYS/broker/heap/free", str(mem_free())),
+        ("$SYS/broker/heap/alloc", str(mem_alloc())),
+    ]
+    c = broker.counters
+    for name in c:
+        items.append(("$SYS/broker/counters/" + name, str(c[name])))
+    return items
+
+
+def publish_all(broker, now):
+    for topic, value in snapshot(broker, now):
+        broker.publish(Message(topic, value.encode(), 0, True), True)
