@@ -4,9 +4,10 @@
 from .broker import VERSION
 
 
-def serve(cfg):
+def serve(cfg, on_tick=None):
     """Run the broker with a validated config dict (config.load_config)
-    until cancelled. The device entry point and __main__ call this."""
+    until cancelled. The device entry point and __main__ call this;
+    on_tick() (e.g. a watchdog feed) is called on every housekeeping tick."""
     import asyncio
     from .server import Server
-    return asyncio.run(Server(cfg).run())
+    return asyncio.run(Server(cfg, on_tick=on_tick).run())

@@ -18,7 +18,7 @@ from .compat import ticks_ms, ticks_diff, ticks_add
 from .message import Message
 from .protocol import (
     CONNACK_ACCEPTED, CONNACK_ID_REJECTED, CONNACK_UNAVAILABLE, CONNACK_NOT_AUTHORIZED,
-    SUBACK_FAILURE,
+    SUBACK_FAILURE, ProtocolError, RC_TOPIC_NAME_INVALID,
 )
 from .retained import Retained
 from .session import Session, PID, MSG, QOS, RETAIN, STATE, AWAIT_ACK, AWAIT_COMP
@@ -58,6 +58,8 @@ class Broker:
         self.max_inflight = cfg["max_inflight"]
         self.max_queued = cfg["max_queued_messages"]
         self.max_queued_bytes = cfg["max_queued_bytes"]
+        self.max_topic_length = cfg["max_topic_length"]
+        self.max_topic_levels = cfg["max_topic_levels"]
 
     def count(self, name):
         self.counters[name] += 1
@@ -83,8 +85,7 @@ class Broker:
             return False
         will = None
         if c.will_topic is not None:
-            if not topics.name_ok(c.will_topic):
-                raise_protocol("will topic is not a valid topic name")
+            self.check_name(c.will_topic)  # same rules as a PUBLISH topic
             will = Message(c.will_topic, c.will_payload, c.will_qos, c.will_retain)
         s = self.sessions.get(cid)
         if s is not None and s.conn is not None:
@@ -137,7 +138,10 @@ class Broker:
         if log.level <= log.INFO:
             log.info("client %s disconnected (%s)", s.client_id, "clean" if graceful else "unclean")
         if will is not None and not graceful:
-            self.publish(will)
+            if topics.is_sys_reserved(will.topic):
+                self.count("sys_publish_dropped")
+            else:
+                self.publish(will)
         if s.clean:
             self._drop_session(s)
 
@@ -172,6 +176,14 @@ class Broker:
         log.info("session %s evicted (max_sessions)", victim.client_id)
         self._drop_session(victim)
         return True
+
+    def check_name(self, topic):
+        """Raise ProtocolError unless `topic` may be published to: a valid
+        name [MQTT-3.3.2-2] within max_topic_length/max_topic_levels."""
+        if not topics.name_ok(topic):
+            raise ProtocolError("invalid topic name", RC_TOPIC_NAME_INVALID)
+        if len(topic) > self.max_topic_length or topic.count("/") >= self.max_topic_levels:
+            raise ProtocolError("topic over max_topic_length/levels", RC_TOPIC_NAME_INVALID, "topic_limit")
 
     # --- routing -----------------------------------------------------------------
 
@@ -373,6 +385,4 @@ class Broker:
         return ticks_diff(now, self.started_ms) // 1000
 
 
-def raise_protocol(message):
-    from .protocol import ProtocolError, RC_PROTOCOL_ERROR
-    raise ProtocolError(message, RC_PROTOCOL_ERROR)
+

@@ -8,7 +8,7 @@
 from . import codec, topics
 from .message import Message
 from .protocol import (
-    ProtocolError, RC_PROTOCOL_ERROR, RC_TOPIC_NAME_INVALID, CONNACK_BAD_PROTOCOL,
+    ProtocolError, RC_PROTOCOL_ERROR, CONNACK_BAD_PROTOCOL,
     CONNECT, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBSCRIBE, UNSUBSCRIBE,
     PINGREQ, DISCONNECT,
 )
@@ -68,11 +68,7 @@ def _connect(broker, conn, flags, buf, start, end):
 
 def _publish(broker, conn, s, flags, buf, start, end):
     topic, qos, retain, dup, pid, payload = codec.decode_publish(flags, buf, start, end)
-    if not topics.name_ok(topic):
-        raise ProtocolError("invalid topic name", RC_TOPIC_NAME_INVALID)  # [MQTT-3.3.2-2]
-    cfg = broker.cfg
-    if len(topic) > cfg["max_topic_length"] or topic.count("/") >= cfg["max_topic_levels"]:
-        raise ProtocolError("topic over max_topic_length/levels", RC_TOPIC_NAME_INVALID, "topic_limit")
+    broker.check_name(topic)
     broker.msgs_in += 1
     if qos == 2:
         if pid in s.in_qos2:
@@ -80,10 +76,10 @@ def _publish(broker, conn, s, flags, buf, start, end):
             # again (exactly once) [MQTT-4.3.3-2]
             conn.send(codec.pubrec(pid))
             return
-        if len(s.in_qos2) >= cfg["max_inflight_in"]:
+        if len(s.in_qos2) >= broker.cfg["max_inflight_in"]:
             raise ProtocolError("too many QoS 2 messages awaiting PUBREL", 0x93, "inflight_in_exceeded")
         s.in_qos2.add(pid)
-    if topic[:5] == "$SYS/" or topic == "$SYS":
+    if topics.is_sys_reserved(topic):
         broker.count("sys_publish_dropped")
     else:
         broker.publish(Message(topic, payload, qos, retain))

@@ -12,8 +12,9 @@ _TICK_MS = const(250)
 
 
 class Server:
-    def __init__(self, cfg, broker=None):
+    def __init__(self, cfg, broker=None, on_tick=None):
         self.cfg = cfg
+        self.on_tick = on_tick
         self.broker = broker if broker is not None else Broker(cfg)
         self.conns = []  # open Connections; len() <= max_clients
         self.stopping = False
@@ -28,6 +29,8 @@ class Server:
             while not self.stopping:
                 await asyncio.sleep_ms(_TICK_MS) if MICROPYTHON else await asyncio.sleep(_TICK_MS / 1000)
                 self.tick()
+                if self.on_tick is not None:
+                    self.on_tick()
         finally:
             srv.close()
             await srv.wait_closed()

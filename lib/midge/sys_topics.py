@@ -1,12 +1,16 @@
 # $SYS: broker statistics published as retained messages every
 # sys_interval_s. They bypass the retained caps (a fixed, small set).
+import gc
+
 from .compat import mem_free, mem_alloc
 from .message import Message
 
 
 def snapshot(broker, now):
-    """[(topic, payload str)] of every $SYS value."""
+    """[(topic, payload str)] of every $SYS value. Collects garbage first so
+    the heap figures are comparable from one interval to the next."""
     from .broker import VERSION
+    gc.collect()
     items = [
         ("$SYS/broker/version", "midge " + VERSION),
         ("$SYS/broker/uptime", str(broker.uptime_s(now))),

@@ -42,3 +42,9 @@ def is_sys(topic):
     """Topics beginning with '$' are not matched by a filter starting with
     a wildcard [MQTT-4.7.2-1]."""
     return topic[:1] == "$"
+
+
+def is_sys_reserved(topic):
+    """$SYS/... belongs to the broker: clients' publishes (and wills) to it
+    are acknowledged and dropped (counter sys_publish_dropped)."""
+    return topic[:5] == "$SYS/" or topic == "$SYS"

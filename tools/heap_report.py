@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""Heap figures of midge under the MicroPython unix port (64-bit: objects
+are about twice their size on a 32-bit ESP32 or RP2040).
+
+Starts the broker under `micropython -X heapsize=...` with $SYS every
+second, reads $SYS/broker/heap/alloc (taken right after gc.collect()) and
+reports:
+  - heap after start (no clients),
+  - per idle connected client (clean session, keepalive 0),
+  - per subscription (one new filter per client),
+  - per retained 64-byte message (distinct topics).
+Each per-item figure is the difference over N items divided by N.
+
+Usage: .venv/bin/python tools/heap_report.py [--clients N] [--retained N] [--json FILE]
+"""
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+import mqttspec  # noqa: E402  (the project's spec-written packet encoder)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def micropython():
+    p = os.path.join(ROOT, ".venv", "bin", "micropython")
+    return p if os.path.exists(p) else "micropython"
+
+
+class Client:
+    """A minimal blocking client: enough to connect, subscribe, publish."""
+
+    def __init__(self, port, client_id, keepalive=0):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.buf = b""
+        self.sock.sendall(mqttspec.connect(client_id=client_id, clean=True, keepalive=keepalive))
+        pkt = self.recv_packet()
+        if pkt["type"] != "connack" or pkt["rc"] != 0:
+            raise RuntimeError("CONNECT refused: %r" % pkt)
+
+    def recv_packet(self, timeout=5):
+        self.sock.settimeout(timeout)
+        while True:
+            pkt, used = mqttspec.parse(self.buf)
+            if pkt is not None:
+                self.buf = self.buf[used:]
+                return pkt
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError("broker closed the connection")
+            self.buf += data
+
+    def close(self):
+        self.sock.close()
+
+
+class SysWatcher(Client):
+    def latest_alloc(self, updates=2):
+        """Wait for `updates` fresh $SYS/broker/heap/alloc values; return the last."""
+        value = None
+        for _ in range(updates):
+            while True:
+                pkt = self.recv_packet(timeout=5)
+                if pkt["type"] == "publish" and pkt["topic"] == "$SYS/broker/heap/alloc":
+                    value = int(pkt["payload"])
+                    break
+        return value
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clients", type=int, default=100)
+    ap.add_argument("--retained", type=int, default=200)
+    ap.add_argument("--heapsize", default="4M")
+    ap.add_argument("--json", help="write the figures here too")
+    args = ap.parse_args()
+
+    port = free_port()
+    cfg = {"sys_interval_s": 1, "max_clients": args.clients + 10, "max_sessions": args.clients + 10,
+           "max_retained_messages": args.retained + 10, "max_retained_bytes": 1 << 20,
+           "log_level": "warning"}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(cfg, f)
+        cfg_path = f.name
+    env = dict(os.environ, MICROPYPATH=".frozen:" + os.path.join(ROOT, "lib"))
+    proc = subprocess.Popen([micropython(), "-X", "heapsize=" + args.heapsize, "-m", "midge",
+                             "--port", str(port), "--config", cfg_path], env=env)
+    clients = []
+    try:
+        deadline = time.time() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.05)
+        watcher = SysWatcher(port, "heap-watcher")
+        watcher.sock.sendall(mqttspec.subscribe(1, [("$SYS/broker/heap/alloc", 0)]))
+        base = watcher.latest_alloc(3)
+
+        for i in range(args.clients):
+            clients.append(Client(port, "idle-%04d" % i))
+        with_clients = watcher.latest_alloc()
+
+        for i, c in enumerate(clients):
+            c.sock.sendall(mqttspec.subscribe(1, [("sensors/node%04d/temp" % i, 1)]))
+            if c.recv_packet()["type"] != "suback":
+                raise RuntimeError("no SUBACK")
+        with_subs = watcher.latest_alloc()
+
+        pub = clients[0]
+        payload = b"x" * 64
+        for i in range(args.retained):
+            pub.sock.sendall(mqttspec.publish("retained/node%04d/state" % i, payload, qos=1,
+                                              retain=True, pid=1 + i % 60000))
+            if pub.recv_packet()["type"] != "puback":
+                raise RuntimeError("no PUBACK")
+        with_retained = watcher.latest_alloc()
+
+        figures = {
+            "interpreter": "MicroPython unix port (64-bit)",
+            "heapsize": args.heapsize,
+            "heap_after_start_bytes": base,
+            "per_idle_client_bytes": round((with_clients - base) / args.clients),
+            "per_subscription_bytes": round((with_subs - with_clients) / args.clients),
+            "per_retained_64B_message_bytes": round((with_retained - with_subs) / args.retained),
+            "clients": args.clients,
+            "retained": args.retained,
+        }
+    finally:
+        for c in clients:
+            c.close()
+        proc.terminate()
+        proc.wait(timeout=10)
+        os.unlink(cfg_path)
+    print("midge heap figures, MicroPython unix port (64-bit; about half on a 32-bit board)")
+    print("  heap in use after start:          %7d bytes" % figures["heap_after_start_bytes"])
+    print("  per idle connected client:        %7d bytes (over %d clients)" % (figures["per_idle_client_bytes"], args.clients))
+    print("  per subscription:                 %7d bytes" % figures["per_subscription_bytes"])
+    print("  per retained 64-byte message:     %7d bytes (over %d topics)" % (figures["per_retained_64B_message_bytes"], args.retained))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
