@@ -32,7 +32,7 @@ COUNTERS = (
     "clients_refused", "connect_timeouts", "keepalive_timeouts", "malformed_packets",
     "oversize_packets", "sessions_evicted", "sessions_refused", "queue_dropped",
     "slow_dropped", "slow_disconnects", "retained_refused", "subscriptions_refused",
-    "topic_limit", "sys_publish_dropped", "inflight_in_exceeded",
+    "topic_limit", "sys_publish_dropped", "inflight_in_exceeded", "internal_errors",
 )
 
 
@@ -60,6 +60,9 @@ class Broker:
         self.max_queued_bytes = cfg["max_queued_bytes"]
         self.max_topic_length = cfg["max_topic_length"]
         self.max_topic_levels = cfg["max_topic_levels"]
+        # Connected sessions whose queue is over half a cap: while any is
+        # here, connections delay their next read (backpressure_ms).
+        self.pressured = set()
 
     def count(self, name):
         self.counters[name] += 1
@@ -132,6 +135,7 @@ class Broker:
             return
         s.conn = None
         self.online -= 1
+        self.pressured.discard(s)
         s.last_seen_ms = self.clock()
         will = s.will
         s.will = None
@@ -153,6 +157,7 @@ class Broker:
                 return cid
 
     def _drop_session(self, s):
+        self.pressured.discard(s)
         for filt in s.subs:
             self.subs.remove(topics.split(filt), s)
         s.subs = {}
@@ -177,12 +182,15 @@ class Broker:
         self._drop_session(victim)
         return True
 
-    def check_name(self, topic):
+    def check_name(self, topic, nbytes=-1):
         """Raise ProtocolError unless `topic` may be published to: a valid
-        name [MQTT-3.3.2-2] within max_topic_length/max_topic_levels."""
+        name [MQTT-3.3.2-2] within max_topic_length (UTF-8 bytes, `nbytes`
+        when the caller has them) and max_topic_levels."""
         if not topics.name_ok(topic):
             raise ProtocolError("invalid topic name", RC_TOPIC_NAME_INVALID)
-        if len(topic) > self.max_topic_length or topic.count("/") >= self.max_topic_levels:
+        if nbytes < 0:
+            nbytes = len(topic.encode())
+        if nbytes > self.max_topic_length or topic.count("/") >= self.max_topic_levels:
             raise ProtocolError("topic over max_topic_length/levels", RC_TOPIC_NAME_INVALID, "topic_limit")
 
     # --- routing -----------------------------------------------------------------
@@ -244,6 +252,20 @@ class Broker:
             self.count("queue_dropped")
         q.append((msg, qos))
         s.queued_bytes += size
+        if s.conn is not None and self._over_half(s):
+            self.pressured.add(s)
+
+    def _over_half(self, s):
+        return len(s.queue) * 2 >= self.max_queued or s.queued_bytes * 2 >= self.max_queued_bytes
+
+    def should_pause(self, conn):
+        """Backpressure: delay reading from `conn` while another connected
+        session's queue is over half full (never for that session itself,
+        whose acknowledgements are what drains it)."""
+        p = self.pressured
+        if not p:
+            return False
+        return len(p) > 1 or conn.session not in p
 
     def pump(self, s):
         """Move waiting messages onto the wire while the inflight window
@@ -274,6 +296,8 @@ class Broker:
             msg, qos = q.pop(0)
             s.queued_bytes -= msg.size()
             self._send_new(s, msg, qos, False)
+        if s in self.pressured and not self._over_half(s):
+            self.pressured.discard(s)
 
     def _resend(self, s):
         """Reconnect of a persistent session: unacknowledged PUBLISH again

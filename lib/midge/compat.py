@@ -82,3 +82,24 @@ def print_exception(exc):
     else:
         import traceback
         traceback.print_exception(type(exc), exc, exc.__traceback__)
+
+
+if MICROPYTHON:
+    import asyncio as _asyncio
+    sleep_ms = _asyncio.sleep_ms
+
+    async def read_chunk(reader, buf):
+        """Read what is available into the shared buffer `buf`; returns a
+        memoryview of the bytes read (empty at EOF). The caller must be
+        done with it before its next await: other connections reuse buf."""
+        n = await reader.readinto(buf)
+        return memoryview(buf)[:n] if n else b""
+else:
+    import asyncio as _asyncio
+
+    async def sleep_ms(ms):
+        await _asyncio.sleep(ms / 1000)
+
+    async def read_chunk(reader, buf):
+        """CPython's StreamReader has no readinto: read up to len(buf)."""
+        return await reader.read(len(buf))

@@ -50,6 +50,11 @@ SPEC = {
     # for an offline session (as mosquitto's default).
     "max_queued_messages": (32, 0, 1000000),
     "max_queued_bytes": (16384, 0, 1 << 30),
+    # Backpressure before dropping: while a CONNECTED subscriber's queue is
+    # over half of either cap, the broker delays reading the next chunk
+    # from other clients by up to this long (per read), so bursts slow the
+    # publishers down instead of overflowing the queue. 0 turns it off.
+    "backpressure_ms": (100, 0, 10000),
     # Filters per session. A filter past the cap gets SUBACK 0x80 (counter:
     # subscriptions_refused); re-subscribing an existing filter always works.
     "max_subscriptions": (16, 1, 100000),
@@ -58,7 +63,7 @@ SPEC = {
     # connection as soon as its length field is read (counter:
     # oversize_packets); nothing past the header is buffered.
     "max_packet_size": (4096, 64, 268435460),
-    # A topic name or filter longer (UTF-8 bytes) or deeper (levels) than
+    # A topic name or filter longer (in UTF-8 bytes) or deeper (levels) than
     # this: a PUBLISH closes the connection, a SUBSCRIBE filter gets 0x80
     # (counter: topic_limit).
     "max_topic_length": (128, 1, 65535),

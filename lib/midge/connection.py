@@ -1,8 +1,10 @@
 # One client connection: the ONE place that turns errors into a close.
 #
-# Reading: chunks of up to _CHUNK bytes; every complete packet in the buffer
-# is handled before the next await (one wake-up, many packets). A partial
-# packet waits in `_rest`, which never exceeds max_packet_size because
+# Reading: chunks of up to _CHUNK bytes into ONE buffer shared by all
+# connections (a per-read allocation fragments a device heap, a buffer per
+# connection costs _CHUNK per idle client). Sharing is safe because every
+# complete packet in the chunk is handled, and the partial tail copied out,
+# before the next await. The tail never exceeds max_packet_size because
 # codec.split_frame rejects an oversize packet from its length field.
 #
 # Writing: handlers and the broker call send(), which only appends to a
@@ -14,10 +16,12 @@
 import asyncio
 
 from . import codec, handlers, log
-from .compat import const, ticks_ms, print_exception, peer_text
+from .compat import const, ticks_ms, print_exception, peer_text, read_chunk, sleep_ms
 from .protocol import ProtocolError
 
 _CHUNK = const(4096)
+_shared_buf = bytearray(_CHUNK)
+_PAUSE_STEP_MS = const(2)
 
 
 class Connection:
@@ -81,7 +85,7 @@ class Connection:
         except asyncio.CancelledError:
             pass  # closed by the broker (takeover, keepalive) or the server
         except Exception as e:  # a bug must cost one connection, never the broker
-            broker.count("malformed_packets")
+            broker.count("internal_errors")
             log.error("%s internal error, connection closed: %r", self._name(), e)
             print_exception(e)
         self.closing = True
@@ -98,7 +102,7 @@ class Connection:
         max_packet = broker.cfg["max_packet_size"]
         rest = b""
         while not self.closing:
-            data = await reader.read(_CHUNK)
+            data = await read_chunk(reader, _shared_buf)
             if not data:
                 raise EOFError()
             self.last_rx_ms = ticks_ms()
@@ -115,7 +119,19 @@ class Connection:
                 pos = end
                 if self.closing:
                     return
-            rest = data[pos:] if pos < len(data) else b""
+            rest = bytes(data[pos:]) if pos < len(data) else b""
+            if broker.pressured:
+                await self._backpressure()
+
+    async def _backpressure(self):
+        """Delay the next read while a connected subscriber's queue is over
+        half full, at most backpressure_ms (Broker.should_pause)."""
+        broker = self.broker
+        waited = 0
+        limit = broker.cfg["backpressure_ms"]
+        while waited < limit and broker.should_pause(self):
+            await sleep_ms(_PAUSE_STEP_MS)
+            waited += _PAUSE_STEP_MS
 
     async def _write_loop(self):
         try:

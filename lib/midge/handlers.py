@@ -68,7 +68,8 @@ def _connect(broker, conn, flags, buf, start, end):
 
 def _publish(broker, conn, s, flags, buf, start, end):
     topic, qos, retain, dup, pid, payload = codec.decode_publish(flags, buf, start, end)
-    broker.check_name(topic)
+    msg = Message(topic, payload, qos, retain)
+    broker.check_name(topic, len(msg.topic_bytes))
     broker.msgs_in += 1
     if qos == 2:
         if pid in s.in_qos2:
@@ -82,7 +83,7 @@ def _publish(broker, conn, s, flags, buf, start, end):
     if topics.is_sys_reserved(topic):
         broker.count("sys_publish_dropped")
     else:
-        broker.publish(Message(topic, payload, qos, retain))
+        broker.publish(msg)
     if qos == 1:
         conn.send(codec.puback(pid))  # [MQTT-4.3.2-2]
     elif qos == 2:

@@ -48,6 +48,6 @@ class ProtocolError(Exception):
     `counter` the $SYS counter that the close increments."""
 
     def __init__(self, message, reason=RC_MALFORMED, counter="malformed_packets"):
-        Exception.__init__(self, message)
+        super().__init__(message)
         self.reason = reason
         self.counter = counter

@@ -5,7 +5,7 @@ import asyncio
 
 from . import log
 from .broker import Broker, VERSION
-from .compat import const, ticks_ms, ticks_diff, set_nodelay, mem_free, MICROPYTHON
+from .compat import const, ticks_ms, ticks_diff, set_nodelay, mem_free, sleep_ms, MICROPYTHON
 from .connection import Connection
 
 _TICK_MS = const(250)
@@ -27,7 +27,7 @@ class Server:
                  "micropython" if MICROPYTHON else "cpython", cfg["max_clients"], mem_free())
         try:
             while not self.stopping:
-                await asyncio.sleep_ms(_TICK_MS) if MICROPYTHON else await asyncio.sleep(_TICK_MS / 1000)
+                await sleep_ms(_TICK_MS)
                 self.tick()
                 if self.on_tick is not None:
                     self.on_tick()

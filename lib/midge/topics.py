@@ -33,9 +33,11 @@ def filter_levels(filt):
 
 
 def within_limits(topic, levels, max_length, max_levels):
-    """The configured size caps (max_topic_length, max_topic_levels);
-    lengths count characters."""
-    return len(topic) <= max_length and len(levels) <= max_levels
+    """The configured size caps: max_topic_length in UTF-8 bytes,
+    max_topic_levels in levels."""
+    if len(levels) > max_levels or len(topic) > max_length:
+        return False  # characters <= bytes: no need to encode
+    return len(topic.encode()) <= max_length
 
 
 def is_sys(topic):

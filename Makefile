@@ -1,0 +1,33 @@
+# midge: build / run / test entry points. The work is done by tools/*.sh,
+# which also run without make.
+#
+#   make run  [BOARD=esp32|pico_w] [PORT=1883] [HOST=127.0.0.1] [INTERP=micropython|cpython]
+#   make test [MP_HEAPSIZE=2M]     whole suite on MicroPython and CPython
+#   make setup                     .venv only (tools/setup.sh)
+#   make clean
+
+BOARD ?= esp32
+PORT ?= 1883
+HOST ?= 127.0.0.1
+INTERP ?= micropython
+MP_HEAPSIZE ?= 2M
+
+.PHONY: run test setup clean
+
+# tools/run.sh runs tools/setup.sh itself, then starts the broker with
+# -X heapsize=<unix_heapsize of boards/$(BOARD)/board.json>.
+run:
+	@BOARD="$(BOARD)" PORT="$(PORT)" HOST="$(HOST)" INTERP="$(INTERP)" tools/run.sh
+
+# tools/setup.sh --with-debian, then both interpreters; last line is the
+# plain "N passed, N failed" total.
+test:
+	@MP_HEAPSIZE="$(MP_HEAPSIZE)" tools/test.sh
+
+setup:
+	@tools/setup.sh
+
+clean:
+	rm -rf .venv .pytest_cache .test-results
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	find . -name '*.mpy' -type f -not -path './.git/*' -delete

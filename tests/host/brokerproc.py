@@ -1,0 +1,201 @@
+# Start the midge broker as a subprocess for host socket tests.
+#
+# By default the broker runs under the MicroPython unix port with a
+# device-like heap cap (-X heapsize=), exactly as CONTRACT.md documents:
+#     MICROPYPATH=.frozen:<repo>/lib micropython -X heapsize=N -m midge \
+#         --host 127.0.0.1 --port P [--config FILE.json]
+# Env MIDGE_TEST_INTERP=cpython runs it under this CPython instead (for
+# debugging); env MIDGE_MICROPYTHON names a micropython binary explicitly.
+#
+# stdout and stderr go to <workdir>/broker.log. stop() reports (as a string)
+# a broker that died on its own before the test ended (the broker must
+# survive every input a client can send), one that ignored SIGTERM, and one
+# that logged a Python traceback (an internal error; env
+# MIDGE_TEST_ALLOW_TRACEBACKS=1 turns that check off).
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HOST = "127.0.0.1"
+
+
+def find_micropython():
+    """Path of the micropython binary, or None."""
+    cand = os.environ.get("MIDGE_MICROPYTHON")
+    if cand:
+        return cand if os.path.exists(cand) else None
+    cand = os.path.join(REPO, ".venv", "bin", "micropython")
+    if os.path.exists(cand):
+        return cand
+    # The venv that runs pytest (pinned requirements include micropython).
+    cand = os.path.join(os.path.dirname(sys.executable), "micropython")
+    if os.path.exists(cand):
+        return cand
+    return shutil.which("micropython")
+
+
+def interpreter():
+    """'cpython' or 'micropython' (env MIDGE_TEST_INTERP)."""
+    return "cpython" if os.environ.get("MIDGE_TEST_INTERP", "").lower() == "cpython" else "micropython"
+
+
+def free_port():
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind((HOST, 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class BrokerError(Exception):
+    pass
+
+
+class BrokerProc:
+    def __init__(self, config=None, heapsize="400k", workdir=None, port=None):
+        self.config = dict(config or {})
+        self.heapsize = heapsize
+        self.workdir = workdir or os.path.join("/tmp", "midge-test-%d" % os.getpid())
+        self.host = HOST
+        self.port = port or free_port()
+        self.proc = None
+        self.logpath = os.path.join(str(self.workdir), "broker.log")
+        self._log = None
+        self.clients = []
+
+    def command(self):
+        args = ["-m", "midge", "--host", self.host, "--port", str(self.port)]
+        if self.config:
+            path = os.path.join(str(self.workdir), "config.json")
+            with open(path, "w") as f:
+                json.dump(self.config, f)
+            args += ["--config", path]
+        env = dict(os.environ)
+        if interpreter() == "cpython":
+            env["PYTHONPATH"] = os.path.join(REPO, "lib")
+            env["PYTHONUNBUFFERED"] = "1"
+            return [sys.executable] + args, env
+        mp = find_micropython()
+        if mp is None:
+            raise BrokerError("micropython not found")
+        env["MICROPYPATH"] = ".frozen:" + os.path.join(REPO, "lib")
+        return [mp, "-X", "heapsize=" + str(self.heapsize)] + args, env
+
+    def start(self, timeout=10.0):
+        os.makedirs(str(self.workdir), exist_ok=True)
+        cmd, env = self.command()
+        self._log = open(self.logpath, "wb")
+        self._log.write(("$ " + " ".join(cmd) + "\n").encode())
+        self._log.flush()
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        next_poll = time.monotonic() + 1.0
+        while True:
+            if self.proc.poll() is not None:
+                raise BrokerError("broker exited with status %s during start-up:\n%s" % (
+                    self.proc.returncode, self.log_tail()))
+            if "listening on" in self.log():
+                return self
+            now = time.monotonic()
+            if now >= deadline:
+                self.kill()
+                raise BrokerError("broker not listening after %.0fs:\n%s" % (timeout, self.log_tail()))
+            # Fallback if the line never shows: poll the port now and then.
+            if now >= next_poll:
+                next_poll = now + 0.5
+                if self._port_open():
+                    return self
+            time.sleep(0.02)
+
+    def _port_open(self):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.settimeout(0.2)
+        try:
+            s.connect((self.host, self.port))
+            return True
+        except OSError:
+            return False
+        finally:
+            s.close()
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self):
+        try:
+            with open(self.logpath, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, n=60):
+        return "\n".join(self.log().splitlines()[-n:])
+
+    # --- clients (closed at stop) -------------------------------------------------
+
+    def raw(self, **kw):
+        """A RawClient with a TCP connection, nothing sent yet."""
+        from rawclient import RawClient
+        c = RawClient(self.host, self.port, **kw)
+        self.clients.append(c)
+        return c
+
+    def client(self, client_id="", **kw):
+        """A RawClient that completed CONNECT with CONNACK rc 0."""
+        c = self.raw()
+        ack = c.handshake(client_id, **kw)
+        assert ack["rc"] == 0, "CONNACK rc %d for client %r" % (ack["rc"], client_id)
+        c.connack = ack
+        return c
+
+    # --- shutdown ---------------------------------------------------------------------
+
+    def kill(self):
+        if self.alive():
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self):
+        """SIGTERM and wait. Returns an error string if the broker died on its
+        own before this call, or did not stop on SIGTERM; else None."""
+        for c in self.clients:
+            c.close()
+        self.clients = []
+        if self.proc is None:
+            return None
+        err = None
+        if self.proc.poll() is not None:
+            err = "broker process died unexpectedly (status %s); log tail:\n%s" % (
+                self.proc.returncode, self.log_tail())
+        else:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                err = "broker did not exit within 5 s of SIGTERM; log tail:\n%s" % self.log_tail()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if err is None and os.environ.get("MIDGE_TEST_ALLOW_TRACEBACKS", "") != "1":
+            err = self.traceback_error()
+        return err
+
+    def traceback_error(self):
+        """A broker that survives but logs a traceback hit an internal error
+        (an exception its error handling did not expect): report it."""
+        text = self.log()
+        i = text.find("Traceback (most recent call last)")
+        if i < 0:
+            return None
+        start = text.rfind("\n", 0, max(i - 1, 0)) + 1
+        return ("broker logged a traceback (internal error; env MIDGE_TEST_ALLOW_TRACEBACKS=1 "
+                "ignores it):\n%s" % "\n".join(text[start:].splitlines()[:30]))

@@ -1,0 +1,72 @@
+# Fixtures for the host socket tests: a midge broker subprocess per test.
+#
+#   broker                       default config, heapsize 400k
+#   broker_factory(config, heapsize="400k")   any number of brokers with
+#                                per-test caps; all stopped at teardown
+#
+# A broker that dies during a test (for example on malformed input) fails
+# that test at teardown with the broker's log. Without micropython the tests
+# are skipped, or fail under CI=true (CONTRACT.md).
+import os
+import sys
+
+import pytest
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_TESTS = os.path.dirname(_HERE)
+for _p in (_HERE, _TESTS):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+import brokerproc  # noqa: E402
+
+
+def _require_interpreter():
+    if brokerproc.interpreter() == "cpython":
+        return
+    if brokerproc.find_micropython() is None:
+        msg = "micropython not found (.venv/bin/micropython or PATH); run tools/setup.sh"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
+@pytest.fixture
+def broker_factory(tmp_path, request):
+    _require_interpreter()
+    procs = []
+
+    def make(config=None, heapsize="400k"):
+        b = brokerproc.BrokerProc(config, heapsize, workdir=str(tmp_path / ("broker%d" % len(procs))))
+        procs.append(b)
+        try:
+            b.start()
+        except brokerproc.BrokerError as e:
+            pytest.fail(str(e))
+        return b
+
+    yield make
+
+    failed = getattr(request.node, "rep_call", None)
+    errors = []
+    for b in procs:
+        err = b.stop()
+        if err:
+            errors.append(err)
+        elif failed is not None and failed.failed:
+            # Shown under "Captured stdout teardown" of the failed test.
+            print("---- broker log (%s) ----\n%s" % (b.logpath, b.log_tail(40)))
+    if errors:
+        pytest.fail("\n\n".join(errors), pytrace=False)
+
+
+@pytest.fixture
+def broker(broker_factory):
+    return broker_factory()

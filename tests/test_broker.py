@@ -1,0 +1,821 @@
+# midge.broker: the core without sockets, driven through the connection
+# interface with FakeConn (tests/fakeconn.py) and an injected clock.
+import mqttspec as m
+from fakeconn import (
+    Clock, FakeConn, wrap_start, make_broker, mkconnect, connect, join, sub, pub,
+    publishes, payloads, raises_protocol,
+)
+from midge.message import Message
+from midge.session import AWAIT_COMP
+
+
+# --- CONNECT ----------------------------------------------------------------------
+
+def test_connect_accepted():
+    b = make_broker()
+    conn, ok, ack = connect(b, "c1", keepalive_s=30)
+    assert ok and ack["rc"] == 0 and ack["session_present"] == 0
+    assert conn.session is not None and conn.session.client_id == "c1"
+    assert conn.session.conn is conn
+    assert conn.keepalive_ms == 30000
+    assert b.online == 1 and len(b.sessions) == 1
+
+
+def test_connect_not_authorized():
+    b = make_broker(allow_anonymous=False)
+    conn, ok, ack = connect(b, "c1")
+    assert not ok and ack["rc"] == 5 and ack["session_present"] == 0
+    assert conn.session is None and b.online == 0 and len(b.sessions) == 0
+
+
+def test_connect_empty_client_id():
+    b = make_broker()
+    # clean 0 with an empty id: identifier rejected [MQTT-3.1.3-8]
+    conn, ok, ack = connect(b, "", clean=False)
+    assert not ok and ack["rc"] == 2
+    assert len(b.sessions) == 0
+    # clean 1: the broker assigns a unique id [MQTT-3.1.3-6]
+    c1 = join(b, "")
+    c2 = join(b, "")
+    id1 = c1.session.client_id
+    id2 = c2.session.client_id
+    assert id1 != "" and id2 != "" and id1 != id2
+    assert b.online == 2
+
+
+def test_connect_client_id_length_cap():
+    b = make_broker(max_client_id_length=23)
+    conn, ok, ack = connect(b, "x" * 24)
+    assert not ok and ack["rc"] == 2
+    join(b, "y" * 23)  # 23 must always be accepted [MQTT-3.1.3-5]
+
+
+def test_session_present_flag():
+    b = make_broker()
+    c = join(b, "p", clean=False)
+    sub(b, c, "a/b", 1)
+    b.detach(c, True)
+    assert "p" in b.sessions and b.online == 0
+    c, ok, ack = connect(b, "p", clean=False)
+    assert ack["session_present"] == 1  # [MQTT-3.2.2-2]
+    assert c.session.subs == {"a/b": 1}
+    b.detach(c, True)
+    c, ok, ack = connect(b, "p", clean=True)
+    assert ack["session_present"] == 0  # [MQTT-3.2.2-1]
+    assert c.session.subs == {}
+    assert b.subs.count == 0
+
+
+def test_first_connect_clean0_no_session_present():
+    b = make_broker()
+    c, ok, ack = connect(b, "fresh", clean=False)
+    assert ok and ack["session_present"] == 0  # [MQTT-3.2.2-3]
+
+
+def test_clean_session_dropped_on_detach():
+    b = make_broker()
+    c = join(b, "c", clean=True)
+    sub(b, c, "a/#", 1)
+    assert b.subs.count == 1
+    b.detach(c, False)
+    assert "c" not in b.sessions
+    assert b.subs.count == 0
+    assert c.session is None
+    b.detach(c, False)  # idempotent
+    assert b.online == 0
+
+
+def test_will_on_unclean_detach():
+    b = make_broker()
+    watcher = join(b, "w")
+    sub(b, watcher, "will/#", 1)
+    c = join(b, "dying", will=("will/dying", b"gone", 1, False))
+    b.detach(c, False)
+    got = publishes(watcher.take())
+    assert len(got) == 1
+    assert got[0]["topic"] == "will/dying" and got[0]["payload"] == b"gone" and got[0]["qos"] == 1
+
+
+def test_no_will_on_clean_detach():
+    # DISCONNECT discards the will [MQTT-3.14.4-3]
+    b = make_broker()
+    watcher = join(b, "w")
+    sub(b, watcher, "will/#", 1)
+    c = join(b, "leaving", will=("will/leaving", b"gone", 1, False))
+    b.detach(c, True)
+    assert watcher.take() == []
+
+
+def test_will_retained():
+    b = make_broker()
+    c = join(b, "d", will=("status/d", b"offline", 0, True))
+    b.detach(c, False)
+    late = join(b, "late")
+    sub(b, late, "status/+", 1)
+    got = publishes(late.take())
+    assert len(got) == 1 and got[0]["payload"] == b"offline" and got[0]["retain"] == 1
+
+
+def test_will_topic_with_wildcard_is_protocol_error():
+    b = make_broker()
+    conn = FakeConn()
+    e = raises_protocol(b.connect, conn, mkconnect("x", will=("a/#", b"p", 0, False)))
+    assert e is not None
+    assert conn.session is None and len(b.sessions) == 0
+
+
+def test_takeover_closes_old_and_publishes_its_will():
+    b = make_broker()
+    watcher = join(b, "w")
+    sub(b, watcher, "will/+", 0)
+    old = join(b, "dup", clean=False, will=("will/dup", b"old-will", 0, False))
+    sub(b, old, "x", 1)
+    new, ok, ack = connect(b, "dup", clean=False)
+    assert ok and ack["rc"] == 0
+    assert ack["session_present"] == 1
+    assert old.closed == 1
+    assert old.session is None
+    assert new.session.conn is new
+    assert new.session.subs == {"x": 1}
+    assert b.online == 2  # watcher + new
+    assert payloads(watcher.take()) == [b"old-will"]
+    # the old connection reports its close later: nothing more happens
+    b.detach(old, False)
+    assert b.online == 2
+    assert watcher.take() == []
+    assert new.session is not None and b.sessions["dup"].conn is new
+
+
+def test_takeover_with_clean_session():
+    b = make_broker()
+    old = join(b, "dup", clean=True)
+    sub(b, old, "x", 1)
+    new, ok, ack = connect(b, "dup", clean=True)
+    assert ok and ack["session_present"] == 0
+    assert old.closed == 1
+    assert new.session.subs == {}
+    assert b.subs.count == 0
+    assert b.online == 1 and len(b.sessions) == 1
+
+
+def test_max_sessions_evicts_least_recently_seen_offline():
+    clock = Clock()
+    b = make_broker(clock, max_sessions=2)
+    a = join(b, "a", clean=False)
+    z = join(b, "z", clean=False)
+    clock.advance(1000)
+    b.detach(z, True)   # z seen earlier
+    clock.advance(1000)
+    b.detach(a, True)   # a seen last
+    clock.advance(1000)
+    join(b, "new")
+    assert "z" not in b.sessions and "a" in b.sessions and "new" in b.sessions
+    assert b.counters["sessions_evicted"] == 1
+    assert len(b.sessions) == 2
+
+
+def test_max_sessions_refused_when_all_online():
+    b = make_broker(max_sessions=2)
+    join(b, "a")
+    join(b, "b")
+    conn, ok, ack = connect(b, "c")
+    assert not ok and ack["rc"] == 3 and ack["session_present"] == 0
+    assert b.counters["sessions_refused"] == 1
+    assert "c" not in b.sessions and b.online == 2
+    # an existing id can still take over
+    conn, ok, ack = connect(b, "a")
+    assert ok and ack["rc"] == 0
+
+
+def test_max_sessions_eviction_with_wrapped_clock():
+    clock = Clock(wrap_start(1500))
+    b = make_broker(clock, max_sessions=2)
+    a = join(b, "a", clean=False)
+    z = join(b, "z", clean=False)
+    b.detach(z, True)        # before the wrap
+    clock.advance(3000)      # past the wrap on MicroPython
+    b.detach(a, True)
+    clock.advance(10)
+    join(b, "new")
+    assert "z" not in b.sessions and "a" in b.sessions
+
+
+# --- routing -------------------------------------------------------------------------
+
+def test_routing_qos_downgrade():
+    # delivered at min(granted, published) [MQTT-3.8.4-6]
+    b = make_broker()
+    c = join(b, "c")
+    sub(b, c, "q1", 1)
+    sub(b, c, "q2", 2)
+    sub(b, c, "q0", 0)
+    for topic in ("q0", "q1", "q2"):
+        for qos in (0, 1, 2):
+            pub(b, topic, b"p", qos)
+            got = publishes(c.take())
+            assert len(got) == 1, (topic, qos)
+            want = min(qos, int(topic[1]))
+            assert got[0]["qos"] == want, (topic, qos)
+            if want == 1:
+                b.puback(c.session, got[0]["pid"])
+            elif want == 2:
+                b.pubrec(c.session, got[0]["pid"])
+                c.take()
+                b.pubcomp(c.session, got[0]["pid"])
+    assert c.session.inflight == []
+
+
+def test_live_forwarding_clears_retain():
+    b = make_broker()
+    c = join(b, "c")
+    sub(b, c, "t", 1)
+    pub(b, "t", b"r", 1, retain=True)
+    got = publishes(c.take())
+    assert got[0]["retain"] == 0 and got[0]["payload"] == b"r"  # [MQTT-3.3.1-9]
+
+
+def test_overlapping_subscriptions_one_delivery():
+    b = make_broker()
+    c = join(b, "c")
+    sub(b, c, "a/#", 0)
+    sub(b, c, "a/+", 2, pid=2)
+    sub(b, c, "#", 1, pid=3)
+    pub(b, "a/b", b"once", 2)
+    got = publishes(c.take())
+    assert len(got) == 1 and got[0]["qos"] == 2
+
+
+def test_no_delivery_without_match_and_dollar_rule():
+    b = make_broker()
+    c = join(b, "c")
+    sub(b, c, "#", 0)
+    pub(b, "$SYS/x", b"1")
+    pub(b, "$private", b"1")
+    assert c.take() == []
+    pub(b, "x", b"1")
+    assert payloads(c.take()) == [b"1"]
+
+
+def test_publisher_gets_own_message():
+    b = make_broker()
+    c = join(b, "c")
+    sub(b, c, "echo", 0)
+    pub(b, "echo", b"me")
+    assert payloads(c.take()) == [b"me"]
+    assert b.msgs_out == 1
+
+
+def test_pids_and_payload_of_qos1_delivery():
+    b = make_broker()
+    c = join(b, "c")
+    sub(b, c, "t", 1)
+    for i in range(3):
+        pub(b, "t", b"m%d" % i, 1)
+    got = publishes(c.take())
+    assert [p["payload"] for p in got] == [b"m0", b"m1", b"m2"]
+    pids = [p["pid"] for p in got]
+    assert 0 not in pids and len(set(pids)) == 3
+    assert all(p["dup"] == 0 for p in got)
+
+
+# --- flow control and caps --------------------------------------------------------------------
+
+def test_inflight_window_and_queue():
+    b = make_broker(max_inflight=2)
+    c = join(b, "c")
+    sub(b, c, "t", 1)
+    for i in range(5):
+        pub(b, "t", b"%d" % i, 1)
+    got = publishes(c.take())
+    assert [p["payload"] for p in got] == [b"0", b"1"]
+    s = c.session
+    assert len(s.inflight) == 2 and len(s.queue) == 3
+    b.puback(s, got[0]["pid"])
+    nxt = publishes(c.take())
+    assert [p["payload"] for p in nxt] == [b"2"]
+    b.puback(s, got[1]["pid"])
+    b.puback(s, nxt[0]["pid"])
+    rest = publishes(c.take())
+    assert [p["payload"] for p in rest] == [b"3", b"4"]
+    assert len(s.queue) == 0 and s.queued_bytes == 0
+    # a live message does not overtake queued ones
+    pub(b, "t", b"5", 1)
+    pub(b, "t", b"6", 1)
+    assert c.take() == []
+    assert [e[0].payload for e in s.queue] == [b"5", b"6"]
+    assert b.counters["queue_dropped"] == 0
+
+
+def test_qos0_not_limited_by_inflight_window():
+    b = make_broker(max_inflight=1)
+    c = join(b, "c")
+    sub(b, c, "t", 1)
+    pub(b, "t", b"q1", 1)
+    pub(b, "t", b"q0-a", 0)
+    pub(b, "t", b"q0-b", 0)
+    assert payloads(c.take()) == [b"q1", b"q0-a", b"q0-b"]
+
+
+def test_queue_drops_oldest_message_count():
+    b = make_broker(max_queued_messages=2)
+    c = join(b, "c", clean=False)
+    sub(b, c, "t", 1)
+    b.detach(c, True)
+    for i in range(5):
+        pub(b, "t", b"%d" % i, 1)
+    s = b.sessions["c"]
+    assert len(s.queue) == 2
+    assert b.counters["queue_dropped"] == 3
+    c, ok, ack = connect(b, "c", clean=False)
+    assert ack["session_present"] == 1
+    assert payloads(c.take()) == [b"3", b"4"]
+
+
+def test_queue_drops_oldest_bytes():
+    b = make_broker(max_queued_bytes=30)
+    c = join(b, "c", clean=False)
+    sub(b, c, "t", 1)
+    b.detach(c, True)
+    # each message: topic 1 byte + payload 9 bytes = 10 bytes
+    for i in range(5):
+        pub(b, "t", b"%09d" % i, 1)
+    s = b.sessions["c"]
+    assert s.queued_bytes == 30 and len(s.queue) == 3
+    assert b.counters["queue_dropped"] == 2
+    # one message larger than the whole cap is dropped itself
+    pub(b, "t", b"x" * 40, 1)
+    assert b.counters["queue_dropped"] == 3
+    assert len(s.queue) == 3
+    c, ok, ack = connect(b, "c", clean=False)
+    assert payloads(c.take()) == [b"000000002", b"000000003", b"000000004"]
+
+
+def test_queue_disabled():
+    b = make_broker(max_queued_messages=0)
+    c = join(b, "c", clean=False)
+    sub(b, c, "t", 1)
+    b.detach(c, True)
+    pub(b, "t", b"x", 1)
+    assert b.sessions["c"].queue == []
+    assert b.counters["queue_dropped"] == 1
+
+
+def test_qos0_not_queued_offline():
+    b = make_broker()
+    c = join(b, "c", clean=False)
+    sub(b, c, "t", 1)
+    b.detach(c, True)
+    pub(b, "t", b"zero", 0)
+    pub(b, "t", b"one", 1)
+    s = b.sessions["c"]
+    assert len(s.queue) == 1
+    c, ok, ack = connect(b, "c", clean=False)
+    assert payloads(c.take()) == [b"one"]
+
+
+def test_offline_delivery_at_granted_qos():
+    b = make_broker()
+    c = join(b, "c", clean=False)
+    sub(b, c, "t", 1)
+    b.detach(c, True)
+    pub(b, "t", b"two", 2)
+    c, ok, ack = connect(b, "c", clean=False)
+    got = publishes(c.take())
+    assert len(got) == 1 and got[0]["qos"] == 1 and got[0]["dup"] == 0
+
+
+def test_slow_consumer_drops_qos0_queues_qos1():
+    b = make_broker()
+    c = join(b, "slow", cap=20)
+    sub(b, c, "t", 1)
+    c.out = b"x" * 20   # 20 bytes not drained: room() == 0
+    assert c.room() <= 0
+    pub(b, "t", b"q0", 0)
+    assert b.counters["slow_dropped"] == 1
+    pub(b, "t", b"q1", 1)
+    s = c.session
+    assert len(s.queue) == 1 and s.inflight == []
+    assert c.out == b"x" * 20   # nothing was written
+    c.out = b""            # the socket drained
+    b.pump(s)
+    got = publishes(c.take())
+    assert [p["payload"] for p in got] == [b"q1"] and got[0]["qos"] == 1
+    assert s.queue == []
+
+
+def test_slow_consumer_others_unaffected():
+    b = make_broker()
+    slow = join(b, "slow", cap=16)
+    fast = join(b, "fast")
+    sub(b, slow, "t", 0)
+    sub(b, fast, "t", 0)
+    for i in range(10):
+        pub(b, "t", b"%02d" % i, 0)
+    assert len(payloads(fast.take())) == 10
+    got = payloads(slow.take())
+    assert 0 < len(got) < 10
+    assert b.counters["slow_dropped"] == 10 - len(got)
+
+
+def test_subscription_cap():
+    b = make_broker(max_subscriptions=2)
+    c = join(b, "c")
+    assert sub(b, c, "a", 1) == 1
+    assert sub(b, c, "b", 2) == 2
+    assert sub(b, c, "c", 0) == 0x80
+    assert b.counters["subscriptions_refused"] == 1
+    assert sub(b, c, "a", 0) == 0  # re-subscribing an existing filter always works
+    assert c.session.subs == {"a": 0, "b": 2}
+    pub(b, "c", b"x")
+    assert c.take() == []
+
+
+def test_suback_codes_in_order_with_mixed_results():
+    b = make_broker(max_topic_levels=2, max_topic_length=10)
+    c = join(b, "c")
+    b.subscribe(c.session, 9, [("ok/+", 2), ("a/b/c", 1), ("bad#", 0), ("x" * 11, 0), ("#", 1)])
+    pkts = c.take()
+    assert pkts[0]["type"] == "suback" and pkts[0]["pid"] == 9
+    assert pkts[0]["codes"] == [2, 0x80, 0x80, 0x80, 1]  # [MQTT-3.8.4-5]
+    assert b.counters["topic_limit"] == 2
+    assert b.subs.count == 2
+
+
+def test_subscribe_topic_limits():
+    b = make_broker(max_topic_levels=3, max_topic_length=8)
+    c = join(b, "c")
+    assert sub(b, c, "a/b/c", 0) == 0
+    assert sub(b, c, "a/b/c/d", 0) == 0x80
+    assert sub(b, c, "abcdefgh", 0) == 0
+    assert sub(b, c, "abcdefghi", 0) == 0x80
+    assert b.counters["topic_limit"] == 2
+
+
+def test_unsubscribe():
+    b = make_broker()
+    c = join(b, "c")
+    sub(b, c, "a/+", 1)
+    sub(b, c, "b", 1)
+    b.unsubscribe(c.session, 77, ["a/+", "not-subscribed"])
+    pkts = c.take()
+    assert len(pkts) == 1 and pkts[0]["type"] == "unsuback" and pkts[0]["pid"] == 77
+    assert c.session.subs == {"b": 1}
+    assert b.subs.count == 1
+    pub(b, "a/x", b"1", 1)
+    assert c.take() == []
+    pub(b, "b", b"2", 0)
+    assert payloads(c.take()) == [b"2"]
+
+
+# --- retained ----------------------------------------------------------------------------------
+
+def test_retained_sent_on_subscribe_with_retain_flag():
+    b = make_broker()
+    pub(b, "s/a", b"A", 2, retain=True)
+    pub(b, "s/b", b"B", 0, retain=True)
+    c = join(b, "c")
+    assert sub(b, c, "s/+", 1) == 1
+    got = publishes(c.take())
+    assert len(got) == 2
+    byp = {}
+    for p in got:
+        byp[p["payload"]] = p
+    assert byp[b"A"]["retain"] == 1 and byp[b"A"]["qos"] == 1  # min(1, 2)
+    assert byp[b"B"]["retain"] == 1 and byp[b"B"]["qos"] == 0
+    b.puback(c.session, byp[b"A"]["pid"])
+    # re-subscribing the same filter sends them again [MQTT-3.8.4-3]
+    assert sub(b, c, "s/+", 0, pid=2) == 0
+    got = publishes(c.take())
+    assert len(got) == 2 and all(p["retain"] == 1 and p["qos"] == 0 for p in got)
+
+
+def test_retained_replaced_and_cleared():
+    b = make_broker()
+    watcher = join(b, "w")
+    sub(b, watcher, "t", 0)
+    pub(b, "t", b"v1", 0, retain=True)
+    pub(b, "t", b"v2", 0, retain=True)
+    pub(b, "t", b"", 0, retain=True)          # clears, and is forwarded live
+    assert payloads(watcher.take()) == [b"v1", b"v2", b""]
+    late = join(b, "late")
+    sub(b, late, "t", 0)
+    assert late.take() == []
+    assert b.retained.count == 0
+
+
+def test_retained_cap_refused_still_delivered_live():
+    b = make_broker(max_retained_messages=1)
+    watcher = join(b, "w")
+    sub(b, watcher, "#", 0)
+    pub(b, "a", b"1", 0, retain=True)
+    pub(b, "b", b"2", 0, retain=True)
+    assert payloads(watcher.take()) == [b"1", b"2"]
+    assert b.counters["retained_refused"] == 1
+    late = join(b, "late")
+    sub(b, late, "#", 0)
+    assert payloads(late.take()) == [b"1"]
+
+
+def test_retained_backlog_pumped_by_inflight_window():
+    b = make_broker(max_inflight=1)
+    for i in range(3):
+        pub(b, "r/%d" % i, b"%d" % i, 1, retain=True)
+    c = join(b, "c")
+    sub(b, c, "r/#", 1)
+    s = c.session
+    got = publishes(c.take())
+    assert len(got) == 1 and got[0]["retain"] == 1
+    seen = [got[0]["payload"]]
+    for _ in range(2):
+        b.puback(s, got[0]["pid"])
+        got = publishes(c.take())
+        assert len(got) == 1 and got[0]["retain"] == 1
+        seen.append(got[0]["payload"])
+    b.puback(s, got[0]["pid"])
+    assert c.take() == []
+    seen.sort()
+    assert seen == [b"0", b"1", b"2"]
+    assert not s.has_pending()
+
+
+def test_retained_backlog_pumped_as_buffer_drains():
+    b = make_broker()
+    for i in range(6):
+        pub(b, "r/%d" % i, b"payload-%d" % i, 0, retain=True)
+    c = join(b, "c", cap=30)
+    sub(b, c, "r/+", 0)
+    s = c.session
+    seen = []
+    rounds = 0
+    while True:
+        got = publishes(c.take())
+        if not got:
+            break
+        assert all(p["retain"] == 1 for p in got)
+        seen += [p["payload"] for p in got]
+        b.pump(s)   # the connection drained
+        rounds += 1
+    assert rounds > 1   # the cap held some back for later
+    seen.sort()
+    assert seen == [b"payload-%d" % i for i in range(6)]
+    assert b.counters["slow_dropped"] == 0
+    assert not s.has_pending()
+
+
+# --- acknowledgement flows ------------------------------------------------------------------------
+
+def test_qos1_puback_flow():
+    b = make_broker()
+    c = join(b, "c")
+    sub(b, c, "t", 1)
+    pub(b, "t", b"x", 1)
+    p = publishes(c.take())[0]
+    s = c.session
+    assert len(s.inflight) == 1
+    b.puback(s, p["pid"] + 1)  # unknown pid: ignored
+    assert len(s.inflight) == 1
+    b.puback(s, p["pid"])
+    assert s.inflight == []
+    b.puback(s, p["pid"])      # duplicate: harmless
+    assert c.take() == []
+
+
+def test_qos2_pubrec_pubrel_pubcomp_flow():
+    b = make_broker()
+    c = join(b, "c")
+    sub(b, c, "t", 2)
+    pub(b, "t", b"x", 2)
+    p = publishes(c.take())[0]
+    assert p["qos"] == 2
+    s = c.session
+    b.pubcomp(s, p["pid"])     # PUBCOMP before PUBREC: ignored
+    assert len(s.inflight) == 1
+    b.pubrec(s, p["pid"])
+    pk = c.take()
+    assert len(pk) == 1 and pk[0]["type"] == "pubrel" and pk[0]["pid"] == p["pid"]
+    assert s.inflight[0][4] == AWAIT_COMP
+    b.pubrec(s, p["pid"])      # a repeated PUBREC gets PUBREL again
+    pk = c.take()
+    assert pk[0]["type"] == "pubrel" and pk[0]["pid"] == p["pid"]
+    b.pubcomp(s, p["pid"])
+    assert s.inflight == []
+
+
+def test_qos2_puback_does_not_complete():
+    b = make_broker()
+    c = join(b, "c")
+    sub(b, c, "t", 2)
+    pub(b, "t", b"x", 2)
+    p = publishes(c.take())[0]
+    b.puback(c.session, p["pid"])
+    assert len(c.session.inflight) == 1
+
+
+def test_resend_with_dup_on_reconnect():
+    b = make_broker(max_inflight=3)
+    c = join(b, "c", clean=False)
+    sub(b, c, "t", 2)
+    pub(b, "t", b"a", 1)
+    pub(b, "t", b"b", 2)
+    pub(b, "t", b"c", 2)
+    pub(b, "t", b"d", 1)   # window full: queued
+    got = publishes(c.take())
+    assert [p["payload"] for p in got] == [b"a", b"b", b"c"]
+    pa, pb, pc = got
+    b.pubrec(c.session, pb["pid"])   # b awaits PUBCOMP
+    c.take()
+    b.detach(c, False)
+    pub(b, "t", b"e", 1)   # while offline
+    c2, ok, ack = connect(b, "c", clean=False)
+    assert ack["session_present"] == 1
+    pk = c2.take()
+    kinds = [(p["type"], p.get("payload"), p.get("dup")) for p in pk]
+    # unacknowledged PUBLISHes again with DUP=1 [MQTT-3.3.1-1] and PUBREL
+    # again, in the original order [MQTT-4.4.0-1]; then the queue
+    assert kinds[0] == ("publish", b"a", 1)
+    assert kinds[1] == ("pubrel", None, None)
+    assert kinds[2] == ("publish", b"c", 1)
+    assert pk[0]["pid"] == pa["pid"] and pk[1]["pid"] == pb["pid"] and pk[2]["pid"] == pc["pid"]
+    assert pk[0]["qos"] == 1 and pk[2]["qos"] == 2
+    assert len(pk) == 3   # window still full: d and e wait
+    s = c2.session
+    b.puback(s, pa["pid"])
+    b.pubcomp(s, pb["pid"])
+    more = publishes(c2.take())
+    assert [p["payload"] for p in more] == [b"d", b"e"]
+    assert all(p["dup"] == 0 for p in more)
+    for p in more:
+        assert p["pid"] != pc["pid"]
+
+
+def test_resend_retained_flag_kept():
+    b = make_broker()
+    pub(b, "r", b"kept", 1, retain=True)
+    c = join(b, "c", clean=False)
+    sub(b, c, "r", 1)
+    p = publishes(c.take())[0]
+    assert p["retain"] == 1
+    b.detach(c, False)
+    c2, ok, ack = connect(b, "c", clean=False)
+    p2 = publishes(c2.take())[0]
+    assert p2["dup"] == 1 and p2["retain"] == 1 and p2["pid"] == p["pid"]
+
+
+# --- keepalive -------------------------------------------------------------------------------------
+
+def test_keepalive_one_and_a_half_times():
+    clock = Clock()
+    b = make_broker(clock, sys_interval_s=0)
+    watcher = join(b, "w")
+    sub(b, watcher, "will", 0)
+    c = join(b, "k", keepalive_s=10, will=("will", b"ka", 0, False))
+    c.last_rx_ms = clock()
+    clock.advance(15000)
+    b.tick()
+    assert c.closed == 0 and c.session is not None
+    clock.advance(1)
+    b.tick()
+    assert c.closed == 1
+    assert c.session is None and "k" not in b.sessions
+    assert b.counters["keepalive_timeouts"] == 1
+    assert payloads(watcher.take()) == [b"ka"]
+    b.tick()
+    assert b.counters["keepalive_timeouts"] == 1
+
+
+def test_keepalive_traffic_keeps_alive():
+    clock = Clock()
+    b = make_broker(clock, sys_interval_s=0)
+    c = join(b, "k", keepalive_s=2)
+    c.last_rx_ms = clock()
+    for _ in range(10):
+        clock.advance(2500)
+        c.last_rx_ms = clock()  # a PINGREQ arrived
+        b.tick()
+    assert c.closed == 0
+    clock.advance(3001)
+    b.tick()
+    assert c.closed == 1
+
+
+def test_keepalive_zero_never_times_out():
+    clock = Clock()
+    b = make_broker(clock, sys_interval_s=0)
+    c = join(b, "k", keepalive_s=0)
+    c.last_rx_ms = clock()
+    clock.advance(10 ** 9)
+    b.tick()
+    assert c.closed == 0 and b.counters["keepalive_timeouts"] == 0
+
+
+def test_keepalive_across_ticks_wrap():
+    clock = Clock(wrap_start(5000))
+    b = make_broker(clock, sys_interval_s=0)
+    c = join(b, "k", keepalive_s=4)
+    c.last_rx_ms = clock()
+    clock.advance(5500)   # past the wrap (MicroPython); 5.5 s < 6 s
+    b.tick()
+    assert c.closed == 0
+    clock.advance(600)
+    b.tick()
+    assert c.closed == 1
+
+
+# --- $SYS ---------------------------------------------------------------------------------------------
+
+def _sys_values(conn):
+    out = {}
+    for p in publishes(conn.take()):
+        out[p["topic"]] = p
+    return out
+
+
+def test_sys_published_at_interval():
+    clock = Clock()
+    b = make_broker(clock, sys_interval_s=10)
+    c = join(b, "mon")
+    assert sub(b, c, "$SYS/#", 0) == 0
+    b.tick()   # first tick publishes at once
+    v = _sys_values(c)
+    assert v["$SYS/broker/version"]["payload"] == b"midge 0.1.0"
+    assert v["$SYS/broker/clients/connected"]["payload"] == b"1"
+    assert v["$SYS/broker/uptime"]["payload"] == b"0"
+    assert v["$SYS/broker/version"]["retain"] == 0  # live forwarding
+    clock.advance(9999)
+    b.tick()
+    assert c.take() == []
+    clock.advance(1)
+    b.tick()
+    v = _sys_values(c)
+    assert v["$SYS/broker/uptime"]["payload"] == b"10"
+    clock.advance(10000)
+    b.tick()
+    assert _sys_values(c)["$SYS/broker/uptime"]["payload"] == b"20"
+
+
+def test_sys_retained_for_late_subscribers_not_counted():
+    clock = Clock()
+    b = make_broker(clock, max_retained_messages=1)
+    b.tick()
+    assert b.retained.count == 0   # $SYS is exempt from the caps
+    pub(b, "user", b"1", 0, retain=True)
+    assert b.retained.count == 1
+    c = join(b, "late")
+    sub(b, c, "$SYS/broker/version", 0)
+    got = publishes(c.take())
+    assert len(got) == 1 and got[0]["retain"] == 1 and got[0]["payload"] == b"midge 0.1.0"
+    sub(b, c, "#", 0, pid=2)
+    assert payloads(c.take()) == [b"1"]   # '#' never gives $SYS [MQTT-4.7.2-1]
+
+
+def test_sys_counters_follow_events():
+    clock = Clock()
+    b = make_broker(clock, max_subscriptions=1)
+    c = join(b, "c")
+    sub(b, c, "a", 0)
+    sub(b, c, "b", 0, pid=2)   # refused
+    pub(b, "a", b"1")
+    b.tick()
+    c2 = join(b, "mon")
+    sub(b, c2, "$SYS/#", 0)
+    v = _sys_values(c2)
+    assert v["$SYS/broker/counters/subscriptions_refused"]["payload"] == b"1"
+    assert v["$SYS/broker/subscriptions/count"]["payload"] == b"1"
+    assert v["$SYS/broker/messages/sent"]["payload"] == b"1"
+    assert v["$SYS/broker/clients/total"]["payload"] == b"1"
+
+
+def test_sys_interval_zero_disables():
+    clock = Clock()
+    b = make_broker(clock, sys_interval_s=0)
+    b.tick()
+    clock.advance(100000)
+    b.tick()
+    assert b.retained.total == 0
+
+
+def test_sys_interval_across_ticks_wrap():
+    clock = Clock(wrap_start(3000))
+    b = make_broker(clock, sys_interval_s=5)
+    c = join(b, "mon")
+    sub(b, c, "$SYS/broker/uptime", 0)
+    b.tick()
+    assert _sys_values(c)["$SYS/broker/uptime"]["payload"] == b"0"
+    clock.advance(4999)   # crosses the wrap on MicroPython
+    b.tick()
+    assert c.take() == []
+    clock.advance(1)
+    b.tick()
+    assert _sys_values(c)["$SYS/broker/uptime"]["payload"] == b"5"
+
+
+def test_message_counters():
+    b = make_broker()
+    c = join(b, "c")
+    sub(b, c, "t", 0)
+    sub(b, c, "u", 1, pid=2)
+    pub(b, "t", b"1")
+    pub(b, "u", b"2", 1)
+    pub(b, "nobody", b"3")
+    assert b.msgs_out == 2
+    assert len(publishes(c.take())) == 2

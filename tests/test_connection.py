@@ -1,0 +1,591 @@
+# midge.connection.Connection and midge.server.Server: in-memory fake
+# streams for the precise cases, real asyncio streams on 127.0.0.1 for the
+# listener. Each test runs its own event loop with asyncio.run.
+import asyncio
+import sys
+
+import mqttspec as m
+from fakeconn import FakeConn, mkconnect, publishes, payloads
+from midge import log
+from midge.broker import Broker
+from midge.compat import ticks_ms, ticks_add
+from midge.config import load_config
+from midge.connection import Connection
+from midge.message import Message
+from midge.server import Server
+
+log.set_level("off")
+_MICROPYTHON = sys.implementation.name == "micropython"
+
+
+def run(coro):
+    if _MICROPYTHON:
+        # MicroPython keeps one global task queue across asyncio.run calls:
+        # start each test from an empty one.
+        asyncio.new_event_loop()
+    return asyncio.run(coro)
+
+
+class FakeReader:
+    """Returns queued chunks (at most n bytes at a time); then EOF, or
+    waits for push() when eof is False."""
+
+    def __init__(self, chunks, eof=True):
+        self.chunks = list(chunks)
+        self.eof = eof
+        self.more = None
+
+    def push(self, data):
+        self.chunks.append(data)
+        if self.more is not None:
+            self.more.set()
+
+    def finish(self):
+        self.eof = True
+        if self.more is not None:
+            self.more.set()
+
+    async def read(self, n):
+        while not self.chunks:
+            if self.eof:
+                return b""
+            if self.more is None:
+                self.more = asyncio.Event()
+            self.more.clear()
+            await self.more.wait()
+        c = self.chunks.pop(0)
+        if len(c) > n:
+            self.chunks.insert(0, c[n:])
+            c = c[:n]
+        await asyncio.sleep(0)  # a real read yields to the loop
+        return c
+
+
+    async def readinto(self, buf):
+        # MicroPython path of compat.read_chunk (StreamReader.readinto)
+        data = await self.read(len(buf))
+        n = len(data)
+        buf[0:n] = data
+        return n
+
+
+class FakeWriter:
+    def __init__(self, block=False):
+        self.data = b""
+        self.closed = False
+        self.block = block
+        self.release = None
+
+    def write(self, b):
+        self.data += bytes(b)
+
+    async def drain(self):
+        if self.block:
+            if self.release is None:
+                self.release = asyncio.Event()
+            await self.release.wait()
+        else:
+            await asyncio.sleep(0)
+
+    def close(self):
+        self.closed = True
+
+    async def wait_closed(self):
+        pass
+
+    def get_extra_info(self, name):
+        if name == "peername":
+            return ("127.0.0.1", 40000)
+        return None
+
+    def packets(self):
+        pkts, rest = m.parse_all(self.data)
+        assert rest == b""
+        return pkts
+
+
+def new_broker(**overrides):
+    return Broker(load_config(overrides))
+
+
+async def until(cond, timeout_ms=3000):
+    """Poll cond() until true; False after timeout_ms."""
+    t0 = ticks_ms()
+    while not cond():
+        if ticks_ms() - t0 > timeout_ms:
+            return False
+        await asyncio.sleep(0.005)
+    return True
+
+
+def watcher(broker, filt):
+    """A FakeConn subscriber on the same broker."""
+    w = FakeConn()
+    assert broker.connect(w, mkconnect("watch-" + filt))
+    broker.subscribe(w.session, 1, [(filt, 0)])
+    w.take()
+    return w
+
+
+# --- in-memory streams ----------------------------------------------------------
+
+def test_connect_ping_disconnect_one_chunk():
+    b = new_broker()
+    data = m.connect("c1") + m.pingreq() + m.disconnect() + m.pingreq()
+    w = FakeWriter()
+
+    async def main():
+        await Connection(b, FakeReader([data]), w).run()
+    run(main())
+    kinds = [p["type"] for p in w.packets()]
+    assert kinds == ["connack", "pingresp"]  # nothing after DISCONNECT
+    assert w.closed
+    assert b.online == 0 and len(b.sessions) == 0
+    assert b.bytes_in == len(data)
+
+
+def test_bytes_out_counted():
+    b = new_broker()
+    data = m.connect("c1") + m.pingreq() + m.disconnect()
+    w = FakeWriter()
+
+    async def main():
+        await Connection(b, FakeReader([data]), w).run()
+    run(main())
+    assert len(w.data) == 6
+    assert b.bytes_out == len(w.data)  # $SYS/broker/bytes/sent
+
+
+def test_packets_split_byte_by_byte():
+    b = new_broker()
+    data = (m.connect("c1") + m.subscribe(1, [("t", 1)]) + m.publish("t", b"x" * 300, qos=1, pid=2)
+            + m.disconnect())
+    chunks = [data[i:i + 1] for i in range(len(data))]
+    w = FakeWriter()
+
+    async def main():
+        await Connection(b, FakeReader(chunks), w).run()
+    run(main())
+    pk = w.packets()
+    kinds = [p["type"] for p in pk]
+    assert kinds[0] == "connack" and kinds[1] == "suback"
+    assert "puback" in kinds
+    got = publishes(pk)
+    assert len(got) == 1 and got[0]["payload"] == b"x" * 300
+    assert b.counters["malformed_packets"] == 0
+
+
+def test_malformed_packet_closes_and_publishes_will():
+    b = new_broker()
+    wt = watcher(b, "will/#")
+    data = m.connect("c1", will_topic="will/c1", will_payload=b"lost") + m.publish("t", b"x", dup=True)
+    w = FakeWriter()
+
+    async def main():
+        await Connection(b, FakeReader([data], eof=False), w).run()
+    run(main())
+    assert [p["type"] for p in w.packets()] == ["connack"]  # no reply to the bad packet
+    assert w.closed
+    assert b.counters["malformed_packets"] == 1
+    assert payloads(wt.take()) == [b"lost"]
+    assert "c1" not in b.sessions
+
+
+def test_protocol_errors_counted_per_kind():
+    cases = [
+        (m.connect("c") + m.connect("c"), "malformed_packets"),
+        (m.connect("c") + m.packet(0xF0, b""), "malformed_packets"),
+        (m.connect("c") + m.publish("a/+", b"x"), "malformed_packets"),
+        (m.connect("c") + b"\x30\xff\xff\xff\xff\x01", "malformed_packets"),
+        (m.publish("t", b"x"), "malformed_packets"),      # before CONNECT
+    ]
+    for data, counter in cases:
+        b = new_broker()
+        w = FakeWriter()
+
+        async def main():
+            await Connection(b, FakeReader([data], eof=False), w).run()
+        run(main())
+        assert w.closed
+        assert b.counters[counter] == 1, data
+        for p in w.packets():
+            assert p["type"] == "connack"
+
+
+def test_oversize_packet_closes():
+    b = new_broker(max_packet_size=64)
+    w = FakeWriter()
+    big = m.publish("t", b"y" * 100)
+    # only the header of the big packet arrives: the length alone decides
+    data = m.connect("c1") + big[:4]
+
+    async def main():
+        await Connection(b, FakeReader([data], eof=False), w).run()
+    run(main())
+    assert w.closed
+    assert b.counters["oversize_packets"] == 1
+    assert b.counters["malformed_packets"] == 0
+
+
+def test_eof_without_disconnect_publishes_will():
+    b = new_broker()
+    wt = watcher(b, "will")
+    w = FakeWriter()
+
+    async def main():
+        await Connection(b, FakeReader([m.connect("c1", will_topic="will", will_payload=b"eof")]), w).run()
+    run(main())
+    assert w.closed
+    assert payloads(wt.take()) == [b"eof"]
+    assert b.online == 1  # just the watcher
+
+
+def test_disconnect_suppresses_will():
+    b = new_broker()
+    wt = watcher(b, "will")
+    w = FakeWriter()
+    data = m.connect("c1", will_topic="will", will_payload=b"no") + m.disconnect()
+
+    async def main():
+        await Connection(b, FakeReader([data], eof=False), w).run()
+    run(main())
+    assert w.closed
+    assert wt.take() == []
+
+
+def test_refused_connect_flushes_connack_then_closes():
+    for data, rc in ((m.connect("x", protocol_level=5), 1), (m.connect("", clean=False), 2)):
+        b = new_broker()
+        w = FakeWriter()
+
+        async def main():
+            await Connection(b, FakeReader([data + m.pingreq()], eof=False), w).run()
+        run(main())
+        pk = w.packets()
+        assert len(pk) == 1 and pk[0]["type"] == "connack" and pk[0]["rc"] == rc
+        assert w.closed and b.online == 0
+
+
+def test_room_tracks_outbound_bytes():
+    b = new_broker(max_outbound_bytes=300)
+    c = Connection(b, FakeReader([]), FakeWriter())
+    assert c.room() == 300
+    c.send(b"x" * 100)
+    c.send(b"y" * 250)
+    assert c.room() == -50
+
+
+def test_live_messages_written_and_pumped():
+    b = new_broker(max_inflight=1)
+    r = FakeReader([m.connect("sub") + m.subscribe(1, [("t", 1)])], eof=False)
+    w = FakeWriter()
+
+    async def main():
+        c = Connection(b, r, w)
+        task = asyncio.create_task(c.run())
+        assert await until(lambda: c.session is not None and "t" in c.session.subs)
+        for i in range(3):
+            b.publish(Message("t", b"%d" % i, 1, False))
+        assert await until(lambda: len(publishes(w.packets())) == 1)
+        got = publishes(w.packets())
+        r.push(m.puback(got[0]["pid"]))
+        assert await until(lambda: len(publishes(w.packets())) == 2)
+        got = publishes(w.packets())
+        r.push(m.puback(got[1]["pid"]))
+        assert await until(lambda: len(publishes(w.packets())) == 3)
+        r.push(m.disconnect())
+        await task
+    run(main())
+    assert payloads(w.packets()) == [b"0", b"1", b"2"]
+    assert b.bytes_out == len(w.data)
+
+
+def test_takeover_closes_old_connection():
+    b = new_broker()
+    wt = watcher(b, "will")
+    w1 = FakeWriter()
+    w2 = FakeWriter()
+
+    async def main():
+        c1 = Connection(b, FakeReader([m.connect("dup", clean=False, will_topic="will",
+                                                 will_payload=b"old")], eof=False), w1)
+        t1 = asyncio.create_task(c1.run())
+        assert await until(lambda: c1.session is not None)
+        r2 = FakeReader([m.connect("dup", clean=False)], eof=False)
+        c2 = Connection(b, r2, w2)
+        t2 = asyncio.create_task(c2.run())
+        assert await until(lambda: w1.closed)
+        await t1
+        assert c2.session is not None and b.sessions["dup"].conn is c2
+        r2.push(m.disconnect())
+        await t2
+    run(main())
+    assert [p["session_present"] for p in w2.packets()] == [1]
+    assert payloads(wt.take()) == [b"old"]
+
+
+def test_keepalive_timeout_closes_connection():
+    b = new_broker(sys_interval_s=0)
+    wt = watcher(b, "will")
+    w = FakeWriter()
+
+    async def main():
+        c = Connection(b, FakeReader([m.connect("k", keepalive=1, will_topic="will",
+                                                will_payload=b"ka")], eof=False), w)
+        t = asyncio.create_task(c.run())
+        assert await until(lambda: c.session is not None)
+        b.tick()
+        assert not c.closing
+        c.last_rx_ms = ticks_add(ticks_ms(), -1600)
+        b.tick()
+        await t
+    run(main())
+    assert w.closed
+    assert b.counters["keepalive_timeouts"] == 1
+    assert payloads(wt.take()) == [b"ka"]
+
+
+def test_slow_writer_drops_qos0_and_write_timeout_closes():
+    b = new_broker(max_outbound_bytes=256, sys_interval_s=0)
+    srv = Server(b.cfg, b)
+    w = FakeWriter(block=True)
+    r = FakeReader([m.connect("slow") + m.subscribe(1, [("t", 0)])], eof=False)
+
+    async def main():
+        c = Connection(b, r, w)
+        srv.conns.append(c)
+        t = asyncio.create_task(c.run())
+        assert await until(lambda: c.session is not None and "t" in c.session.subs)
+        for i in range(6):
+            b.publish(Message("t", b"z" * 100, 0, False))
+        assert b.counters["slow_dropped"] >= 1
+        assert await until(lambda: c.drain_started_ms >= 0)
+        srv.tick()
+        assert not c.closing  # not stalled long enough yet
+        c.drain_started_ms = ticks_add(ticks_ms(), -20000)
+        srv.tick()
+        assert c.closing
+        await t
+    run(main())
+    assert b.counters["slow_disconnects"] == 1
+    assert w.closed
+    assert b.online == 0
+
+
+def test_connect_timeout_closes_silent_socket():
+    b = new_broker(connect_timeout_ms=100, sys_interval_s=0)
+    srv = Server(b.cfg, b)
+    w = FakeWriter()
+
+    async def main():
+        c = Connection(b, FakeReader([], eof=False), w)
+        srv.conns.append(c)
+        t = asyncio.create_task(c.run())
+        await asyncio.sleep(0)
+        srv.tick()
+        assert not c.closing
+        c.opened_ms = ticks_add(ticks_ms(), -101)
+        srv.tick()
+        assert c.closing
+        await t
+    run(main())
+    assert w.closed and w.data == b""
+    assert b.counters["connect_timeouts"] == 1
+
+
+# --- real sockets on 127.0.0.1 --------------------------------------------------------
+
+_used_ports = []
+
+
+async def free_port():
+    """A port that start_server can bind right now."""
+    import random
+    for _ in range(50):
+        port = 20000 + random.getrandbits(15)
+        if port in _used_ports:
+            continue
+        try:
+            s = await asyncio.start_server(lambda r, w: None, "127.0.0.1", port)
+        except OSError:
+            continue
+        s.close()
+        await s.wait_closed()
+        _used_ports.append(port)
+        return port
+    raise OSError("no free port")
+
+
+class Client:
+    """A raw MQTT client on real asyncio streams (packets from mqttspec)."""
+
+    def __init__(self, reader, writer):
+        self.r = reader
+        self.w = writer
+        self.buf = b""
+
+    async def send(self, data):
+        self.w.write(data)
+        await self.w.drain()
+
+    async def recv(self, timeout=5):
+        """Next packet, or None at EOF."""
+        while True:
+            pkt, used = m.parse(self.buf)
+            if pkt is not None:
+                self.buf = self.buf[used:]
+                return pkt
+            try:
+                data = await asyncio.wait_for(self.r.read(4096), timeout)
+            except OSError:
+                return None
+            if not data:
+                return None
+            self.buf += data
+
+    async def close(self):
+        try:
+            self.w.close()
+            await self.w.wait_closed()
+        except Exception:
+            pass
+
+
+async def open_client(port):
+    for _ in range(100):
+        try:
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            return Client(r, w)
+        except OSError:
+            await asyncio.sleep(0.02)
+    raise OSError("cannot connect to port %d" % port)
+
+
+async def start_server(**overrides):
+    port = await free_port()
+    overrides["port"] = port
+    overrides["host"] = "127.0.0.1"
+    srv = Server(load_config(overrides))
+    task = asyncio.create_task(srv.run())
+    # let run() bind and listen (MicroPython's open_connection reports a
+    # refused connect only at the first write, so do not race it)
+    await asyncio.sleep(0.1)
+    return srv, task, port
+
+
+async def stop_server(srv, task):
+    srv.stopping = True
+    await task
+
+
+def test_server_pub_sub_over_loopback():
+    result = {}
+
+    async def main():
+        srv, task, port = await start_server(sys_interval_s=0)
+        sub = await open_client(port)
+        await sub.send(m.connect("sub"))
+        ack = await sub.recv()
+        await sub.send(m.subscribe(1, [("room/+", 1)]))
+        suback = await sub.recv()
+        pub = await open_client(port)
+        await pub.send(m.connect("pub") + m.publish("room/1", b"hello", qos=1, pid=5))
+        pk1 = await pub.recv()
+        pk2 = await pub.recv()
+        msg = await sub.recv()
+        await sub.send(m.puback(msg["pid"]))
+        await pub.send(m.disconnect())
+        eof = await pub.recv()
+        await sub.send(m.disconnect())
+        await sub.recv()
+        await sub.close()
+        await pub.close()
+        await until(lambda: len(srv.conns) == 0)
+        result["conns"] = len(srv.conns)
+        result["broker"] = srv.broker
+        await stop_server(srv, task)
+        result["pk"] = (ack, suback, pk1, pk2, msg, eof)
+    run(main())
+    ack, suback, pk1, pk2, msg, eof = result["pk"]
+    assert ack["type"] == "connack" and ack["rc"] == 0
+    assert suback["type"] == "suback" and suback["codes"] == [1]
+    assert pk1["type"] == "connack" and pk2["type"] == "puback" and pk2["pid"] == 5
+    assert msg["type"] == "publish" and msg["topic"] == "room/1" and msg["payload"] == b"hello"
+    assert msg["qos"] == 1 and msg["retain"] == 0
+    assert eof is None  # the server closed after DISCONNECT
+    assert result["conns"] == 0
+    b = result["broker"]
+    assert b.online == 0 and b.msgs_in == 1 and b.msgs_out == 1
+
+
+def test_server_max_clients_refuses_extra_socket():
+    result = {}
+
+    async def main():
+        srv, task, port = await start_server(max_clients=1, sys_interval_s=0)
+        first = await open_client(port)
+        await first.send(m.connect("first"))
+        result["first"] = await first.recv()
+        second = await open_client(port)
+        await second.send(m.connect("second"))
+        result["second"] = await second.recv()
+        result["refused"] = srv.broker.counters["clients_refused"]
+        await second.close()
+        # the first client is unaffected
+        await first.send(m.pingreq())
+        result["ping"] = await first.recv()
+        await first.close()
+        await until(lambda: len(srv.conns) == 0)
+        await stop_server(srv, task)
+    run(main())
+    assert result["first"]["type"] == "connack" and result["first"]["rc"] == 0
+    assert result["second"] is None  # closed without a CONNACK
+    assert result["refused"] == 1
+    assert result["ping"]["type"] == "pingresp"
+
+
+def test_server_connect_timeout_real_socket():
+    result = {}
+
+    async def main():
+        srv, task, port = await start_server(connect_timeout_ms=100, sys_interval_s=0)
+        silent = await open_client(port)
+        t0 = ticks_ms()
+        result["eof"] = await silent.recv(timeout=5)
+        result["ms"] = ticks_ms() - t0
+        result["count"] = srv.broker.counters["connect_timeouts"]
+        await silent.close()
+        await stop_server(srv, task)
+    run(main())
+    assert result["eof"] is None
+    assert result["count"] == 1
+    assert result["ms"] < 4000
+
+
+def test_server_malformed_client_does_not_hurt_others():
+    result = {}
+
+    async def main():
+        srv, task, port = await start_server(sys_interval_s=0)
+        good = await open_client(port)
+        await good.send(m.connect("good") + m.subscribe(1, [("will", 0)]))
+        await good.recv()
+        await good.recv()
+        bad = await open_client(port)
+        await bad.send(m.connect("bad", will_topic="will", will_payload=b"bad-will"))
+        await bad.recv()
+        await bad.send(m.publish(b"\xc0\x80", b"x"))  # overlong UTF-8 topic
+        result["bad"] = await bad.recv()
+        result["will"] = await good.recv()
+        await good.send(m.pingreq())
+        result["ping"] = await good.recv()
+        result["malformed"] = srv.broker.counters["malformed_packets"]
+        await bad.close()
+        await good.close()
+        await until(lambda: len(srv.conns) == 0)
+        await stop_server(srv, task)
+    run(main())
+    assert result["bad"] is None
+    assert result["will"]["type"] == "publish" and result["will"]["payload"] == b"bad-will"
+    assert result["ping"]["type"] == "pingresp"
+    assert result["malformed"] == 1

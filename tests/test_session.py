@@ -1,0 +1,102 @@
+# midge.session: packet identifier allocation and delivery state.
+from midge.message import Message
+from midge.session import Session, PID, MSG, QOS, STATE, AWAIT_ACK, AWAIT_COMP
+
+
+def _inflight(s, pid):
+    s.inflight.append([pid, Message("t", b"x", 1, False), 1, False, AWAIT_ACK])
+
+
+def test_new_session_fields():
+    s = Session("c1", False, 1234)
+    assert s.client_id == "c1" and s.clean is False
+    assert s.last_seen_ms == 1234
+    assert s.conn is None and s.will is None
+    assert s.subs == {} and s.inflight == [] and s.queue == []
+    assert not s.has_pending()
+
+
+def test_next_pid_sequential_and_nonzero():
+    s = Session("c", True, 0)
+    assert [s.next_pid() for _ in range(5)] == [1, 2, 3, 4, 5]
+
+
+def test_next_pid_skips_in_use():
+    s = Session("c", True, 0)
+    for pid in (1, 2, 4):
+        _inflight(s, pid)
+    assert s.next_pid() == 3  # [MQTT-2.3.1-2]: not one still in use
+    assert s.next_pid() == 5
+    _inflight(s, 6)
+    _inflight(s, 7)
+    assert s.next_pid() == 8
+
+
+def test_next_pid_wraps_at_65535():
+    s = Session("c", True, 0)
+    s._next_pid = 65534
+    got = [s.next_pid() for _ in range(4)]
+    assert got == [65534, 65535, 1, 2]
+    assert 0 not in got
+
+
+def test_next_pid_wrap_skips_in_use():
+    s = Session("c", True, 0)
+    _inflight(s, 65535)
+    _inflight(s, 1)
+    _inflight(s, 2)
+    s._next_pid = 65534
+    assert s.next_pid() == 65534
+    assert s.next_pid() == 3       # 65535, 1, 2 are in use, never 0
+    assert s.next_pid() == 4
+
+
+def test_pids_unique_over_a_full_cycle():
+    s = Session("c", True, 0)
+    window = []
+    seen_zero = False
+    for i in range(70000):
+        pid = s.next_pid()
+        if pid == 0:
+            seen_zero = True
+        assert pid not in window
+        _inflight(s, pid)
+        window.append(pid)
+        if len(window) > 10:  # acknowledge the oldest, like a client would
+            old = window.pop(0)
+            s.inflight.remove(s.find_inflight(old))
+    assert not seen_zero
+
+
+def test_find_inflight():
+    s = Session("c", True, 0)
+    _inflight(s, 10)
+    _inflight(s, 11)
+    e = s.find_inflight(11)
+    assert e is not None and e[PID] == 11 and e[QOS] == 1 and e[STATE] == AWAIT_ACK
+    assert e[MSG].topic == "t"
+    assert s.find_inflight(12) is None
+    e[STATE] = AWAIT_COMP
+    assert s.find_inflight(11)[STATE] == AWAIT_COMP
+
+
+def test_has_pending_and_clear():
+    s = Session("c", False, 0)
+    m1 = Message("a", b"1", 1, False)
+    s.queue.append((m1, 1))
+    s.queued_bytes = m1.size()
+    assert s.has_pending()
+    s.queue = []
+    assert not s.has_pending()
+    s.backlog = [(m1, 1), (m1, 0)]
+    s.backlog_pos = 1
+    assert s.has_pending()
+    s.backlog_pos = 2
+    assert not s.has_pending()
+    _inflight(s, 5)
+    s.in_qos2.add(9)
+    s.queue.append((m1, 1))
+    s.clear_delivery_state()
+    assert s.inflight == [] and s.queue == [] and s.queued_bytes == 0
+    assert s.backlog == [] and s.backlog_pos == 0 and len(s.in_qos2) == 0
+    assert not s.has_pending()

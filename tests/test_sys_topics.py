@@ -1,0 +1,109 @@
+# midge.sys_topics: the $SYS snapshot and its publication (CONTRACT.md,
+# "$SYS").
+from fakeconn import Clock, make_broker, join, sub, pub, publishes
+from midge import sys_topics
+from midge.broker import VERSION, COUNTERS
+
+CONTRACT_TOPICS = (
+    "$SYS/broker/version", "$SYS/broker/uptime", "$SYS/broker/clients/connected",
+    "$SYS/broker/clients/total", "$SYS/broker/messages/received",
+    "$SYS/broker/messages/sent", "$SYS/broker/bytes/received", "$SYS/broker/bytes/sent",
+    "$SYS/broker/retained/count", "$SYS/broker/subscriptions/count",
+    "$SYS/broker/heap/free", "$SYS/broker/heap/alloc",
+)
+CONTRACT_COUNTERS = (
+    "clients_refused", "connect_timeouts", "keepalive_timeouts", "malformed_packets",
+    "oversize_packets", "sessions_evicted", "sessions_refused", "queue_dropped",
+    "slow_dropped", "slow_disconnects", "retained_refused", "subscriptions_refused",
+    "topic_limit", "sys_publish_dropped",
+)
+
+
+def _snap(b, now=None):
+    if now is None:
+        now = b.clock()
+    out = {}
+    for topic, value in sys_topics.snapshot(b, now):
+        assert topic not in out, topic  # each topic once
+        out[topic] = value
+    return out
+
+
+def _is_int(text):
+    if text[:1] == "-":
+        text = text[1:]
+    return text != "" and all(ch in "0123456789" for ch in text)
+
+
+def test_snapshot_has_every_contract_topic():
+    v = _snap(make_broker())
+    for t in CONTRACT_TOPICS:
+        assert t in v, t
+    for name in CONTRACT_COUNTERS:
+        assert "$SYS/broker/counters/" + name in v, name
+    for name in COUNTERS:
+        assert "$SYS/broker/counters/" + name in v, name
+
+
+def test_payloads_are_decimal_integers_except_version():
+    v = _snap(make_broker())
+    assert v["$SYS/broker/version"] == "midge " + VERSION
+    for t in v:
+        if t != "$SYS/broker/version":
+            assert _is_int(v[t]), (t, v[t])
+
+
+def test_values_follow_broker_state():
+    clock = Clock()
+    b = make_broker(clock, max_queued_messages=1)
+    a = join(b, "a", clean=False)
+    join(b, "b")
+    sub(b, a, "t", 1)
+    sub(b, a, "u/#", 0, pid=2)
+    pub(b, "keep", b"1234", 0, retain=True)
+    b.msgs_in = 7
+    b.bytes_in = 100
+    b.bytes_out = 200
+    b.detach(a, True)
+    pub(b, "t", b"1", 1)
+    pub(b, "t", b"2", 1)   # drops the oldest: queue_dropped 1
+    clock.advance(12345)
+    v = _snap(b)
+    assert v["$SYS/broker/uptime"] == "12"
+    assert v["$SYS/broker/clients/connected"] == "1"
+    assert v["$SYS/broker/clients/total"] == "2"
+    assert v["$SYS/broker/messages/received"] == "7"
+    assert v["$SYS/broker/bytes/received"] == "100"
+    assert v["$SYS/broker/bytes/sent"] == "200"
+    assert v["$SYS/broker/retained/count"] == "1"
+    assert v["$SYS/broker/subscriptions/count"] == "2"
+    assert v["$SYS/broker/counters/queue_dropped"] == "1"
+    assert v["$SYS/broker/counters/malformed_packets"] == "0"
+
+
+def test_publish_all_retained_and_exempt():
+    b = make_broker(max_retained_messages=0, max_retained_bytes=0)
+    sys_topics.publish_all(b, b.clock())
+    n = len(_snap(b))
+    assert b.retained.total == n        # all stored despite zero caps
+    assert b.retained.count == 0 and b.retained.bytes == 0
+    assert b.counters["retained_refused"] == 0
+    # publishing again replaces, does not add
+    sys_topics.publish_all(b, b.clock())
+    assert b.retained.total == n
+
+
+def test_publish_all_reaches_subscribers_once():
+    b = make_broker()
+    c = join(b, "mon")
+    sub(b, c, "$SYS/broker/counters/+", 1)
+    sys_topics.publish_all(b, b.clock())
+    got = publishes(c.take())
+    names = [p["topic"] for p in got]
+    assert len(names) == len(COUNTERS)
+    for p in got:
+        assert p["qos"] == 0 and p["payload"] == b"0"   # published at QoS 0
+    other = join(b, "other")
+    sub(b, other, "#", 0)
+    sys_topics.publish_all(b, b.clock())
+    assert other.take() == []           # [MQTT-4.7.2-1]
