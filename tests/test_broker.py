@@ -124,6 +124,33 @@ def test_will_topic_with_wildcard_is_protocol_error():
     assert conn.session is None and len(b.sessions) == 0
 
 
+def test_will_topic_over_topic_limits_is_protocol_error():
+    b = make_broker(max_topic_length=8, max_topic_levels=2)
+    for topic in ("a/b/c", "abcdefghi", "\u00e9\u00e9\u00e9\u00e9\u00e9"):
+        conn = FakeConn()
+        e = raises_protocol(b.connect, conn, mkconnect("x", will=(topic, b"p", 0, False)))
+        assert e is not None and e.counter == "topic_limit", topic
+        assert conn.session is None and conn.out == b""
+    assert len(b.sessions) == 0
+
+
+def test_will_to_sys_dropped():
+    b = make_broker()
+    mon = join(b, "mon")
+    sub(b, mon, "$SYS/#", 0)
+    c = join(b, "c", will=("$SYS/broker/fake", b"1", 0, True))
+    b.detach(c, False)
+    assert mon.take() == []
+    assert b.counters["sys_publish_dropped"] == 1
+    assert b.retained.total == 0
+    # only $SYS itself is reserved, not every '$' topic
+    c = join(b, "c2", will=("$SYSTEM/x", b"2", 0, False))
+    watcher = join(b, "w")
+    sub(b, watcher, "$SYSTEM/#", 0)
+    b.detach(c, False)
+    assert payloads(watcher.take()) == [b"2"]
+
+
 def test_takeover_closes_old_and_publishes_its_will():
     b = make_broker()
     watcher = join(b, "w")
@@ -348,6 +375,51 @@ def test_queue_drops_oldest_bytes():
     assert len(s.queue) == 3
     c, ok, ack = connect(b, "c", clean=False)
     assert payloads(c.take()) == [b"000000002", b"000000003", b"000000004"]
+
+
+def test_queue_total_caps_over_all_sessions():
+    # max_queued_total 3 over all sessions: a's two messages and b's one
+    # fill it; b's next message makes room by dropping b's OWN oldest; a
+    # session with nothing queued gets nothing once the total is full.
+    b = make_broker(max_queued_total=3)
+    for cid in ("a", "b", "z"):
+        c = join(b, cid, clean=False)
+        sub(b, c, cid, 1)
+        b.detach(c, True)
+    pub(b, "a", b"a0", 1)
+    pub(b, "a", b"a1", 1)
+    pub(b, "b", b"b0", 1)
+    assert b.queued_total == 3 and b.counters["queue_dropped"] == 0
+    pub(b, "b", b"b1", 1)
+    assert b.counters["queue_dropped"] == 1
+    assert [e[0].payload for e in b.sessions["b"].queue] == [b"b1"]
+    assert len(b.sessions["a"].queue) == 2
+    pub(b, "z", b"z0", 1)
+    assert b.sessions["z"].queue == [] and b.counters["queue_dropped"] == 2
+    assert b.queued_total == 3
+    # delivering and dropping sessions keep the totals exact
+    c, ok, ack = connect(b, "a", clean=False)
+    assert payloads(c.take()) == [b"a0", b"a1"]
+    assert b.queued_total == 1
+    c2, ok, ack = connect(b, "b", clean=True)  # discards b's session
+    assert b.queued_total == 0 and b.queued_bytes_total == 0
+
+
+def test_queue_total_bytes_cap():
+    b = make_broker(max_queued_bytes_total=25)
+    for cid in ("p", "q"):
+        c = join(b, cid, clean=False)
+        sub(b, c, "t", 1)
+        b.detach(c, True)
+    # "t" + 9 payload bytes = 10 per message, queued once per session
+    pub(b, "t", b"%09d" % 0, 1)
+    assert b.queued_bytes_total == 20
+    pub(b, "t", b"%09d" % 1, 1)
+    # 20 + 10 > 25: each session drops its own oldest to make room
+    assert b.queued_bytes_total == 20
+    assert b.counters["queue_dropped"] == 2
+    for cid in ("p", "q"):
+        assert [e[0].payload for e in b.sessions[cid].queue] == [b"%09d" % 1]
 
 
 def test_queue_disabled():
@@ -819,3 +891,130 @@ def test_message_counters():
     pub(b, "nobody", b"3")
     assert b.msgs_out == 2
     assert len(publishes(c.take())) == 2
+
+
+# --- backpressure (connected subscriber's queue over half a cap) ------------------------
+
+def test_backpressure_pressured_set():
+    b = make_broker(max_inflight=1, max_queued_messages=4)
+    slow = join(b, "slow")
+    other = join(b, "other")
+    sub(b, slow, "t", 1)
+    s = slow.session
+    pub(b, "t", b"0", 1)       # inflight
+    pub(b, "t", b"1", 1)       # queued 1 of 4
+    assert not b.pressured
+    assert not b.should_pause(other)
+    pub(b, "t", b"2", 1)       # queued 2 of 4: half full
+    assert s in b.pressured
+    assert b.should_pause(other)      # other clients are slowed down
+    assert not b.should_pause(slow)   # never the session whose acks drain it
+    got = publishes(slow.take())
+    b.puback(s, got[0]["pid"])        # one moves from the queue to the wire
+    assert s not in b.pressured
+    assert not b.should_pause(other)
+
+
+def test_backpressure_bytes_and_detach():
+    b = make_broker(max_inflight=1, max_queued_bytes=40)
+    slow = join(b, "slow", clean=False)
+    other = join(b, "other")
+    sub(b, slow, "t", 1)
+    pub(b, "t", b"x" * 9, 1)    # inflight
+    pub(b, "t", b"x" * 19, 1)   # 20 bytes queued: half of 40
+    assert slow.session in b.pressured
+    assert b.should_pause(other)
+    b.detach(slow, True)        # offline sessions do not slow anyone down
+    assert not b.pressured
+    pub(b, "t", b"x" * 19, 1)
+    assert not b.pressured
+
+
+def test_backpressure_cleared_when_session_dropped():
+    b = make_broker(max_inflight=1, max_queued_messages=2)
+    slow = join(b, "slow")
+    sub(b, slow, "t", 1)
+    pub(b, "t", b"0", 1)
+    pub(b, "t", b"1", 1)
+    assert b.pressured
+    join(b, "slow")             # takeover of a clean session drops it
+    assert not b.pressured
+
+
+# --- 32-bit board ticks (period 2**30 ms, ~12.4 days) ---------------------------------
+# The unix port's ticks never wrap in practice, so a board is simulated by
+# swapping the broker module's ticks_diff/ticks_add for 30-bit ones (what
+# MicroPython does on ESP32/rp2: ticks_diff is only meaningful within half
+# a period, ~6.2 days).
+
+_P = 1 << 30
+
+
+def _board_diff(a, b):
+    return ((a - b + (_P >> 1)) & (_P - 1)) - (_P >> 1)
+
+
+def _board_add(a, d):
+    return (a + d) & (_P - 1)
+
+
+def _on_board(fn):
+    import midge.broker as mb
+    saved = mb.ticks_diff  # the broker's only ticks arithmetic
+    mb.ticks_diff = _board_diff
+    try:
+        fn()
+    finally:
+        mb.ticks_diff = saved
+
+
+_DAY_MS = 86400000
+
+
+def test_board_ticks_keepalive_and_sys_across_wrap():
+    def body():
+        clock = Clock(_P - 2000)
+        b = make_broker(clock, sys_interval_s=10)
+        c = join(b, "k", keepalive_s=10)
+        c.last_rx_ms = clock()
+        b.tick()
+        clock.now = _board_add(clock.now, 14000)   # wrapped past 0
+        c.last_rx_ms = clock.now
+        b.tick()
+        assert c.closed == 0
+        assert b.uptime_s() == 14
+        clock.now = _board_add(clock.now, 15001)
+        b.tick()
+        assert c.closed == 1
+    _on_board(body)
+
+
+def test_board_uptime_past_half_ticks_period():
+    # $SYS/broker/uptime must keep counting on a board that runs for a week
+    # (ticks_diff alone is only valid for ~6.2 days there)
+    def body():
+        clock = Clock(1000)
+        b = make_broker(clock, sys_interval_s=10)
+        b.tick()
+        for day in range(1, 8):
+            for _ in range(24):   # the server ticks all the time
+                clock.now = _board_add(clock.now, 3600000)
+                b.tick()
+            assert b.uptime_s() == day * 86400, (day, b.uptime_s())
+    _on_board(body)
+
+
+def test_board_eviction_prefers_oldest_after_a_week():
+    def body():
+        clock = Clock(1000)
+        b = make_broker(clock, max_sessions=2, sys_interval_s=0)
+        z = join(b, "z", clean=False)
+        a = join(b, "a", clean=False)
+        b.detach(z, True)          # z offline for 7 days
+        clock.now = _board_add(clock.now, 6 * _DAY_MS)
+        b.detach(a, True)          # a offline for 1 day
+        clock.now = _board_add(clock.now, _DAY_MS)
+        join(b, "new")
+        assert "z" not in b.sessions, "evicted the more recently seen session"
+        assert "a" in b.sessions
+    _on_board(body)

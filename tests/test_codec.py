@@ -397,3 +397,31 @@ def test_encode_publish_head():
         assert used == len(frame)
         assert pkt["topic"] == topic and pkt["payload"] == payload and pkt["qos"] == qos
         assert pkt["retain"] == (1 if retain else 0) and pkt["dup"] == (1 if dup else 0)
+
+
+def test_decoders_on_a_reused_buffer_return_copies():
+    # connection.py reads into ONE shared bytearray and hands decoders a
+    # memoryview of it: everything decoded must be a copy, never a view
+    frame = m.publish("t/x", b"payload", qos=1, pid=2)
+    buf = bytearray(frame)
+    mv = memoryview(buf)
+    assert codec.split_frame(mv, 0, BIG) == (0x32, 2, len(frame))
+    topic, qos, retain, dup, pid, payload = codec.decode_publish(2, mv, 2, len(frame))
+    c = m.connect("cid", will_topic="w", will_payload=b"wp", username="u", password=b"pw")
+    cbuf = bytearray(c)
+    flags, start, end = _body(c)
+    conn = codec.decode_connect(flags, memoryview(cbuf), start, end)
+    sbuf = bytearray(m.subscribe(3, [("a/#", 1)]))
+    flags, start, end = _body(bytes(sbuf))
+    spid, subs = codec.decode_subscribe(flags, memoryview(sbuf), start, end)
+    for i in range(len(buf)):
+        buf[i] = 0x58
+    for i in range(len(cbuf)):
+        cbuf[i] = 0x58
+    for i in range(len(sbuf)):
+        sbuf[i] = 0x58
+    assert (topic, qos, pid, payload) == ("t/x", 1, 2, b"payload")
+    assert isinstance(payload, bytes)
+    assert conn.client_id == "cid" and conn.will_payload == b"wp" and conn.password == b"pw"
+    assert isinstance(conn.will_payload, bytes) and isinstance(conn.password, bytes)
+    assert spid == 3 and subs == [("a/#", 1)]

@@ -172,3 +172,10 @@ def test_json_values_validated():
     finally:
         os.remove(path)
     assert config.SPEC is SPEC
+
+
+def test_backpressure_ms():
+    assert load_config()["backpressure_ms"] == 100
+    assert load_config({"backpressure_ms": 0})["backpressure_ms"] == 0
+    msg = _err(load_config, {"backpressure_ms": 10001})
+    assert msg is not None and "backpressure_ms" in msg

@@ -70,11 +70,13 @@ class FakeReader:
 
 
 class FakeWriter:
-    def __init__(self, block=False):
+    def __init__(self, block=False, drain_s=0, peer=("127.0.0.1", 40000)):
         self.data = b""
         self.closed = False
-        self.block = block
+        self.block = block      # drain() never finishes (a stalled client)
+        self.drain_s = drain_s  # drain() takes this long (a slow but live one)
         self.release = None
+        self.peer = peer
 
     def write(self, b):
         self.data += bytes(b)
@@ -84,6 +86,8 @@ class FakeWriter:
             if self.release is None:
                 self.release = asyncio.Event()
             await self.release.wait()
+        elif self.drain_s:
+            await asyncio.sleep(self.drain_s)
         else:
             await asyncio.sleep(0)
 
@@ -95,7 +99,7 @@ class FakeWriter:
 
     def get_extra_info(self, name):
         if name == "peername":
-            return ("127.0.0.1", 40000)
+            return self.peer
         return None
 
     def packets(self):
@@ -266,6 +270,131 @@ def test_refused_connect_flushes_connack_then_closes():
         assert w.closed and b.online == 0
 
 
+def test_internal_error_costs_one_connection():
+    b = new_broker()
+    w = FakeWriter()
+
+    def broken(msg, exempt=False):
+        raise ZeroDivisionError("bug")
+    b.publish = broken  # a bug inside the broker while handling a PUBLISH
+    data = m.connect("c1") + m.publish("t", b"x")
+
+    async def main():
+        await Connection(b, FakeReader([data], eof=False), w).run()
+    import midge.connection as mc
+    saved_pe = mc.print_exception
+    mc.print_exception = lambda e: None  # keep the expected traceback quiet
+    try:
+        run(main())
+    finally:
+        mc.print_exception = saved_pe
+    assert w.closed
+    assert b.counters["internal_errors"] == 1
+    assert b.counters["malformed_packets"] == 0
+    assert b.online == 0 and len(b.sessions) == 0
+
+
+def test_packet_larger_than_read_chunk():
+    b = new_broker(max_packet_size=20000)
+    big = b"B" * 9000
+    data = m.connect("c1") + m.subscribe(1, [("big", 0)]) + m.publish("big", big) + m.disconnect()
+    w = FakeWriter()
+
+    async def main():
+        await Connection(b, FakeReader([data]), w).run()
+    run(main())
+    assert payloads(w.packets()) == [big]
+    assert b.bytes_in == len(data)
+
+
+def test_shared_read_buffer_with_interleaved_partial_packets():
+    # connections share one read buffer on MicroPython: a partial packet
+    # kept by one connection must survive another connection's reads
+    b = new_broker()
+    pa = m.publish("a", b"A" * 50)
+    pb = m.publish("b", b"Z" * 50)
+    ra = FakeReader([m.connect("ca") + m.subscribe(1, [("#", 0)])], eof=False)
+    rb = FakeReader([m.connect("cb")], eof=False)
+    wa = FakeWriter()
+    wb = FakeWriter()
+
+    async def main():
+        ca = Connection(b, ra, wa)
+        cb = Connection(b, rb, wb)
+        ta = asyncio.create_task(ca.run())
+        tb = asyncio.create_task(cb.run())
+        assert await until(lambda: ca.session is not None and cb.session is not None
+                           and "#" in ca.session.subs)
+        ra.push(pa[:20])
+        await asyncio.sleep(0.01)
+        rb.push(pb + pb[:30])
+        await asyncio.sleep(0.01)
+        ra.push(pa[20:])
+        await asyncio.sleep(0.01)
+        rb.push(pb[30:])
+        assert await until(lambda: len(publishes(wa.packets())) == 3)
+        ra.push(m.disconnect())
+        rb.push(m.disconnect())
+        await ta
+        await tb
+    run(main())
+    got = payloads(wa.packets())
+    got.sort()
+    assert got == [b"A" * 50, b"Z" * 50, b"Z" * 50]
+    assert b.counters["malformed_packets"] == 0
+
+
+def test_backpressure_delays_next_read():
+    b = new_broker(backpressure_ms=60)
+    b.pressured.add(object())  # some other connected session over half its queue
+    w = FakeWriter()
+    data = [m.connect("c1"), m.pingreq(), m.disconnect()]
+
+    async def main():
+        t0 = ticks_ms()
+        await Connection(b, FakeReader(data), w).run()
+        return ticks_ms() - t0
+    elapsed = run(main())
+    assert [p["type"] for p in w.packets()] == ["connack", "pingresp"]
+    assert elapsed >= 110  # two pauses of up to 60 ms before the 2nd and 3rd reads
+
+    b = new_broker(backpressure_ms=0)
+    b.pressured.add(object())
+    w = FakeWriter()
+
+    async def fast():
+        t0 = ticks_ms()
+        await Connection(b, FakeReader(data), w).run()
+        return ticks_ms() - t0
+    assert run(fast()) < 100
+
+
+def test_peer_text():
+    b = new_broker()
+    assert Connection(b, FakeReader([]), FakeWriter()).peer == "127.0.0.1:40000"
+    # the unix port's raw sockaddr: family, port (big-endian), IPv4 address
+    raw = bytearray(b"\x02\x00\x07\x5b\x0a\x00\x00\x05" + bytes(8))
+    assert Connection(b, FakeReader([]), FakeWriter(peer=raw)).peer == "10.0.0.5:1883"
+    assert Connection(b, FakeReader([]), FakeWriter(peer=None)).peer == "?"
+
+
+def test_disconnect_flushes_replies_while_a_drain_is_in_progress():
+    # A drain that is merely in progress (30 ms, far below write_timeout_ms)
+    # is not a stuck writer: replies queued before DISCONNECT must still go out.
+    b = new_broker()
+    w = FakeWriter(drain_s=0.03)
+    r = FakeReader([m.connect("c1")], eof=False)
+
+    async def main():
+        c = Connection(b, r, w)
+        t = asyncio.create_task(c.run())
+        assert await until(lambda: c.drain_started_ms >= 0)  # CONNACK draining
+        r.push(m.publish("t", b"x", qos=1, pid=3) + m.disconnect())
+        await t
+    run(main())
+    assert [p["type"] for p in w.packets()] == ["connack", "puback"]
+
+
 def test_room_tracks_outbound_bytes():
     b = new_broker(max_outbound_bytes=300)
     c = Connection(b, FakeReader([]), FakeWriter())
@@ -358,7 +487,8 @@ def test_slow_writer_drops_qos0_and_write_timeout_closes():
         assert await until(lambda: c.session is not None and "t" in c.session.subs)
         for i in range(6):
             b.publish(Message("t", b"z" * 100, 0, False))
-        assert b.counters["slow_dropped"] >= 1
+        # 9 bytes (CONNACK, SUBACK) + 3 x 105 pass 256: the rest is dropped
+        assert b.counters["slow_dropped"] == 3
         assert await until(lambda: c.drain_started_ms >= 0)
         srv.tick()
         assert not c.closing  # not stalled long enough yet
@@ -589,3 +719,30 @@ def test_server_malformed_client_does_not_hurt_others():
     assert result["will"]["type"] == "publish" and result["will"]["payload"] == b"bad-will"
     assert result["ping"]["type"] == "pingresp"
     assert result["malformed"] == 1
+
+
+def test_server_ticks_publish_sys_and_call_on_tick():
+    result = {"ticks": 0}
+
+    def on_tick():
+        result["ticks"] += 1
+
+    async def main():
+        port = await free_port()
+        srv = Server(load_config({"port": port, "sys_interval_s": 1}), on_tick=on_tick)
+        task = asyncio.create_task(srv.run())
+        await asyncio.sleep(0.4)   # at least one 250 ms tick
+        c = await open_client(port)
+        await c.send(m.connect("mon") + m.subscribe(1, [("$SYS/broker/version", 0)]))
+        result["pk"] = [await c.recv(), await c.recv(), await c.recv()]
+        await c.send(m.disconnect())
+        await c.recv()
+        await c.close()
+        await until(lambda: len(srv.conns) == 0)
+        srv.stopping = True
+        await task
+    run(main())
+    assert result["ticks"] >= 1
+    ack, suback, ver = result["pk"]
+    assert ack["rc"] == 0 and suback["codes"] == [0]
+    assert ver["type"] == "publish" and ver["retain"] == 1 and ver["payload"][:6] == b"midge "

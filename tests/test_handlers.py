@@ -376,3 +376,25 @@ def test_many_packets_one_buffer():
     kinds = [p["type"] for p in conn.take()]
     assert kinds[0] == "connack" and kinds[1] == "suback"
     assert "publish" in kinds and "puback" in kinds and kinds[-1] == "pingresp"
+
+
+def test_messages_copied_out_of_the_read_buffer():
+    # the connection reuses its read buffer: a queued or retained message
+    # must not change when the buffer is overwritten
+    b = make_broker()
+    rx = client(b, "rx", clean=False)
+    subscribe(b, rx, "t", 1)
+    b.detach(rx, True)                  # offline: the message waits in its queue
+    tx = client(b, "tx")
+    buf = bytearray(m.publish("t", b"keep", qos=1, pid=1, retain=True))
+    mv = memoryview(buf)
+    for first, start, end in frames(bytes(buf)):
+        handlers.handle(b, tx, first, mv, start, end)
+    for i in range(len(buf)):
+        buf[i] = 0x58
+    assert tx.take()[0]["type"] == "puback"
+    assert b.retained.get(["t"]).payload == b"keep"
+    rx2 = FakeConn()
+    feed(b, rx2, m.connect("rx", clean=False))
+    got = publishes(rx2.take())
+    assert len(got) == 1 and got[0]["topic"] == "t" and got[0]["payload"] == b"keep"

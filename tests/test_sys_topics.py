@@ -23,7 +23,7 @@ def _snap(b, now=None):
     if now is None:
         now = b.clock()
     out = {}
-    for topic, value in sys_topics.snapshot(b, now):
+    for topic, value in sys_topics.snapshot(b):
         assert topic not in out, topic  # each topic once
         out[topic] = value
     return out
@@ -83,13 +83,13 @@ def test_values_follow_broker_state():
 
 def test_publish_all_retained_and_exempt():
     b = make_broker(max_retained_messages=0, max_retained_bytes=0)
-    sys_topics.publish_all(b, b.clock())
+    sys_topics.publish_all(b)
     n = len(_snap(b))
     assert b.retained.total == n        # all stored despite zero caps
     assert b.retained.count == 0 and b.retained.bytes == 0
     assert b.counters["retained_refused"] == 0
     # publishing again replaces, does not add
-    sys_topics.publish_all(b, b.clock())
+    sys_topics.publish_all(b)
     assert b.retained.total == n
 
 
@@ -97,7 +97,7 @@ def test_publish_all_reaches_subscribers_once():
     b = make_broker()
     c = join(b, "mon")
     sub(b, c, "$SYS/broker/counters/+", 1)
-    sys_topics.publish_all(b, b.clock())
+    sys_topics.publish_all(b)
     got = publishes(c.take())
     names = [p["topic"] for p in got]
     assert len(names) == len(COUNTERS)
@@ -105,5 +105,5 @@ def test_publish_all_reaches_subscribers_once():
         assert p["qos"] == 0 and p["payload"] == b"0"   # published at QoS 0
     other = join(b, "other")
     sub(b, other, "#", 0)
-    sys_topics.publish_all(b, b.clock())
+    sys_topics.publish_all(b)
     assert other.take() == []           # [MQTT-4.7.2-1]

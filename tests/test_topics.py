@@ -49,3 +49,23 @@ def test_is_sys():
     assert not topics.is_sys("SYS/$")
     assert not topics.is_sys("a/$SYS")
     assert not topics.is_sys("")
+
+
+def test_is_sys_reserved():
+    # $SYS/... belongs to the broker (client PUBLISH and wills are dropped)
+    assert topics.is_sys_reserved("$SYS")
+    assert topics.is_sys_reserved("$SYS/broker/uptime")
+    assert topics.is_sys_reserved("$SYS/")
+    assert not topics.is_sys_reserved("$SYSTEM/x")
+    assert not topics.is_sys_reserved("$SY")
+    assert not topics.is_sys_reserved("$app/x")
+    assert not topics.is_sys_reserved("a/$SYS/x")
+    assert not topics.is_sys_reserved("SYS/x")
+
+
+def test_within_limits_counts_utf8_bytes():
+    # config.py SPEC: max_topic_length is in UTF-8 bytes
+    t = "\u00e9\u00e9\u00e9"  # 3 characters, 6 bytes
+    assert topics.within_limits(t, [t], 6, 8)
+    assert not topics.within_limits(t, [t], 5, 8)
+    assert not topics.within_limits(t, [t], 3, 8)

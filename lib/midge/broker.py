@@ -14,7 +14,7 @@
 # Time comes from the injected clock (ticks_ms by default) so tests can
 # drive keepalive and $SYS deterministically, wrap-around included.
 from . import codec, log
-from .compat import ticks_ms, ticks_diff, ticks_add
+from .compat import ticks_ms, ticks_diff
 from .message import Message
 from .protocol import (
     CONNACK_ACCEPTED, CONNACK_ID_REJECTED, CONNACK_UNAVAILABLE, CONNACK_NOT_AUTHORIZED,
@@ -40,7 +40,11 @@ class Broker:
     def __init__(self, cfg, clock=ticks_ms):
         self.cfg = cfg
         self.clock = clock
-        self.started_ms = clock()
+        # Broker time: ticks_diff is only valid for half the ticks period
+        # (~6.2 days on 32-bit boards), so elapsed time is accumulated in
+        # small steps by now_ms() instead of diffing against start.
+        self._last_ticks = clock()
+        self.uptime_ms = 0
         self.sessions = {}          # client_id -> Session
         self.online = 0             # sessions with a connection
         self.subs = Subscriptions()
@@ -53,11 +57,15 @@ class Broker:
         self.bytes_in = 0           # maintained by the connection layer
         self.bytes_out = 0
         self._assigned = 0          # counter for broker-assigned client ids
-        self._next_sys_ms = self.started_ms
+        self._next_sys_ms = 0      # uptime_ms of the next $SYS publication
         # caps read once: the hot path does attribute lookups, not dict lookups
         self.max_inflight = cfg["max_inflight"]
         self.max_queued = cfg["max_queued_messages"]
         self.max_queued_bytes = cfg["max_queued_bytes"]
+        self.max_queued_total = cfg["max_queued_total"]
+        self.max_queued_bytes_total = cfg["max_queued_bytes_total"]
+        self.queued_total = 0        # messages queued over all sessions
+        self.queued_bytes_total = 0  # their size() over all sessions
         self.max_topic_length = cfg["max_topic_length"]
         self.max_topic_levels = cfg["max_topic_levels"]
         # Connected sessions whose queue is over half a cap: while any is
@@ -67,13 +75,22 @@ class Broker:
     def count(self, name):
         self.counters[name] += 1
 
+    def now_ms(self):
+        """Milliseconds since the broker started; never wraps. Called at
+        every tick (4 a second) and on connect/detach, far more often than
+        the half ticks period."""
+        t = self.clock()
+        self.uptime_ms += ticks_diff(t, self._last_ticks)
+        self._last_ticks = t
+        return self.uptime_ms
+
     # --- connect / disconnect --------------------------------------------------
 
     def connect(self, conn, c):
         """Handle a decoded, level-checked CONNECT (codec.Connect). Sends
         CONNACK. Returns True when accepted; on refusal the caller closes
         the connection after the CONNACK is written [MQTT-3.2.2-5]."""
-        now = self.clock()
+        now = self.now_ms()
         cid = c.client_id
         if not self.cfg["allow_anonymous"]:
             conn.send(codec.connack(False, CONNACK_NOT_AUTHORIZED))
@@ -136,7 +153,7 @@ class Broker:
         s.conn = None
         self.online -= 1
         self.pressured.discard(s)
-        s.last_seen_ms = self.clock()
+        s.last_seen_ms = self.now_ms()
         will = s.will
         s.will = None
         if log.level <= log.INFO:
@@ -152,12 +169,14 @@ class Broker:
     def _assign_id(self):
         while True:
             self._assigned += 1
-            cid = "midge-%d-%d" % (self.started_ms & 0xFFFF, self._assigned)
+            cid = "midge-%d-%d" % (self._last_ticks & 0xFFFF, self._assigned)
             if cid not in self.sessions:
                 return cid
 
     def _drop_session(self, s):
         self.pressured.discard(s)
+        self.queued_total -= len(s.queue)
+        self.queued_bytes_total -= s.queued_bytes
         for filt in s.subs:
             self.subs.remove(topics.split(filt), s)
         s.subs = {}
@@ -167,14 +186,10 @@ class Broker:
 
     def _evict_one(self):
         """max_sessions: drop the least recently seen offline session."""
-        now = self.clock()
         victim = None
-        age = -1
         for s in self.sessions.values():
-            if s.conn is None:
-                a = ticks_diff(now, s.last_seen_ms)
-                if a > age:
-                    victim, age = s, a
+            if s.conn is None and (victim is None or s.last_seen_ms < victim.last_seen_ms):
+                victim = s
         if victim is None:
             return False
         self.count("sessions_evicted")
@@ -239,21 +254,40 @@ class Broker:
         self.msgs_out += 1
 
     def _enqueue(self, s, msg, qos):
-        """Session queue with drop-oldest caps (max_queued_messages,
-        max_queued_bytes)."""
+        """Queue a message for a session. Caps, all drop-oldest (counter
+        queue_dropped): per session max_queued_messages/max_queued_bytes;
+        over all sessions max_queued_total/max_queued_bytes_total, where
+        the oldest message of THIS session makes room, and the new message
+        is dropped if this session has nothing queued."""
         size = msg.size()
         if size > self.max_queued_bytes or self.max_queued == 0:
             self.count("queue_dropped")
             return
         q = s.queue
-        while q and (len(q) >= self.max_queued or s.queued_bytes + size > self.max_queued_bytes):
-            old = q.pop(0)
-            s.queued_bytes -= old[0].size()
+        while q and (len(q) >= self.max_queued or s.queued_bytes + size > self.max_queued_bytes
+                     or self.queued_total >= self.max_queued_total
+                     or self.queued_bytes_total + size > self.max_queued_bytes_total):
+            self._dequeue(s)
             self.count("queue_dropped")
+        if (self.queued_total >= self.max_queued_total
+                or self.queued_bytes_total + size > self.max_queued_bytes_total):
+            self.count("queue_dropped")
+            return
         q.append((msg, qos))
         s.queued_bytes += size
+        self.queued_total += 1
+        self.queued_bytes_total += size
         if s.conn is not None and self._over_half(s):
             self.pressured.add(s)
+
+    def _dequeue(self, s):
+        """Oldest queued (msg, qos) of a session, keeping the totals."""
+        entry = s.queue.pop(0)
+        size = entry[0].size()
+        s.queued_bytes -= size
+        self.queued_total -= 1
+        self.queued_bytes_total -= size
+        return entry
 
     def _over_half(self, s):
         return len(s.queue) * 2 >= self.max_queued or s.queued_bytes * 2 >= self.max_queued_bytes
@@ -293,8 +327,7 @@ class Broker:
             s.backlog_pos = 0
         q = s.queue
         while q and len(s.inflight) < self.max_inflight and conn.room() > 0:
-            msg, qos = q.pop(0)
-            s.queued_bytes -= msg.size()
+            msg, qos = self._dequeue(s)
             self._send_new(s, msg, qos, False)
         if s in self.pressured and not self._over_half(s):
             self.pressured.discard(s)
@@ -387,26 +420,27 @@ class Broker:
 
     def tick(self):
         """Once or more a second: keepalive [MQTT-3.1.2-24] and $SYS."""
-        now = self.clock()
+        up = self.now_ms()
+        now = self._last_ticks
         for s in list(self.sessions.values()):
             conn = s.conn
             if conn is None or not conn.keepalive_ms:
                 continue
+            # last_rx_ms is in ticks; keepalive <= 65535 s * 1.5 fits in half
+            # the ticks period
             if ticks_diff(now, conn.last_rx_ms) > conn.keepalive_ms * 3 // 2:
                 self.count("keepalive_timeouts")
                 log.info("client %s keepalive timeout", s.client_id)
                 self.detach(conn, False)
                 conn.close()
         interval = self.cfg["sys_interval_s"]
-        if interval and ticks_diff(now, self._next_sys_ms) >= 0:
-            self._next_sys_ms = ticks_add(now, interval * 1000)
+        if interval and up >= self._next_sys_ms:
+            self._next_sys_ms = up + interval * 1000
             from . import sys_topics
-            sys_topics.publish_all(self, now)
+            sys_topics.publish_all(self)
 
-    def uptime_s(self, now=None):
-        if now is None:
-            now = self.clock()
-        return ticks_diff(now, self.started_ms) // 1000
+    def uptime_s(self):
+        return self.now_ms() // 1000
 
 
 

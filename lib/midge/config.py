@@ -50,6 +50,12 @@ SPEC = {
     # for an offline session (as mosquitto's default).
     "max_queued_messages": (32, 0, 1000000),
     "max_queued_bytes": (16384, 0, 1 << 30),
+    # The same over ALL sessions, so that max_sessions x the per-session
+    # caps need not fit the heap. Past either, the oldest message of the
+    # receiving session makes room; if it has none queued, the new message
+    # is dropped (counter: queue_dropped).
+    "max_queued_total": (256, 0, 10000000),
+    "max_queued_bytes_total": (65536, 0, 1 << 30),
     # Backpressure before dropping: while a CONNECTED subscriber's queue is
     # over half of either cap, the broker delays reading the next chunk
     # from other clients by up to this long (per read), so bursts slow the

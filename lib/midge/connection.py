@@ -16,7 +16,7 @@
 import asyncio
 
 from . import codec, handlers, log
-from .compat import const, ticks_ms, print_exception, peer_text, read_chunk, sleep_ms
+from .compat import const, ticks_ms, ticks_diff, print_exception, peer_text, read_chunk, sleep_ms
 from .protocol import ProtocolError
 
 _CHUNK = const(4096)
@@ -143,13 +143,15 @@ class Connection:
             self.close()
 
     async def _write_forever(self):
+        """Write whatever is queued, one join per wake-up, until the
+        connection is closing and nothing is left to write."""
         writer = self.writer
         while True:
             if not self._out:
+                if self.closing:
+                    return
                 self._wake.clear()
                 await self._wake.wait()
-                if self.closing:
-                    return  # _finish sends what is left
                 continue
             out = self._out
             data = out[0] if len(out) == 1 else b"".join(out)
@@ -166,20 +168,19 @@ class Connection:
                 self.broker.pump(s)
 
     async def _finish(self):
-        """Send what is still queued (a refusing CONNACK, say) unless the
-        writer is stuck in a drain, then close the socket."""
+        """Let the writer send what is still queued (a refusing CONNACK, the
+        acknowledgements before a DISCONNECT) unless a drain stalls past
+        write_timeout_ms, then close the socket."""
         wt = self._writer_task
-        stuck = self.drain_started_ms >= 0
         if wt is not None:
-            wt.cancel()
-        try:
-            if self._out and not stuck:
-                data = b"".join(self._out)
-                self._out = []
-                self.writer.write(data)
-                await asyncio.wait_for(self.writer.drain(), 1)
-        except Exception:
-            pass
+            self._wake.set()
+            limit = self.broker.cfg["write_timeout_ms"]
+            while not wt.done():
+                started = self.drain_started_ms
+                if started >= 0 and ticks_diff(ticks_ms(), started) > limit:
+                    wt.cancel()  # stalled: the stream is abandoned
+                    break
+                await sleep_ms(_PAUSE_STEP_MS)
         try:
             self.writer.close()
             await self.writer.wait_closed()

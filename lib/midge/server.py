@@ -60,7 +60,7 @@ class Server:
         write_ms = cfg["write_timeout_ms"]
         for conn in self.conns:
             if conn.closing:
-                continue
+                continue  # Connection._finish bounds its own last write
             if conn.session is None and ticks_diff(now, conn.opened_ms) > connect_ms:
                 self.broker.count("connect_timeouts")
                 log.info("%s closed: no CONNECT within %d ms", conn.peer, connect_ms)

@@ -19,7 +19,7 @@ class Session:
         self.client_id = client_id
         self.clean = clean
         self.conn = None          # attached Connection, or None when offline
-        self.last_seen_ms = now_ms
+        self.last_seen_ms = now_ms  # Broker.now_ms() when last connected or detached
         self.subs = {}            # filter str -> granted qos
         self.will = None          # Message published on an unclean close
         self.inflight = []        # [pid, msg, qos, retain, state] in send order; len <= max_inflight

@@ -6,14 +6,14 @@ from .compat import mem_free, mem_alloc
 from .message import Message
 
 
-def snapshot(broker, now):
+def snapshot(broker):
     """[(topic, payload str)] of every $SYS value. Collects garbage first so
     the heap figures are comparable from one interval to the next."""
     from .broker import VERSION
     gc.collect()
     items = [
         ("$SYS/broker/version", "midge " + VERSION),
-        ("$SYS/broker/uptime", str(broker.uptime_s(now))),
+        ("$SYS/broker/uptime", str(broker.uptime_s())),
         ("$SYS/broker/clients/connected", str(broker.online)),
         ("$SYS/broker/clients/total", str(len(broker.sessions))),
         ("$SYS/broker/messages/received", str(broker.msgs_in)),
@@ -31,6 +31,6 @@ def snapshot(broker, now):
     return items
 
 
-def publish_all(broker, now):
-    for topic, value in snapshot(broker, now):
+def publish_all(broker):
+    for topic, value in snapshot(broker):
         broker.publish(Message(topic, value.encode(), 0, True), True)

@@ -96,7 +96,7 @@ class BrokerProc:
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL,
                                      stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
-        next_poll = time.monotonic() + 1.0
+        next_poll = time.monotonic() + 0.3
         while True:
             if self.proc.poll() is not None:
                 raise BrokerError("broker exited with status %s during start-up:\n%s" % (

@@ -84,12 +84,12 @@ class PahoClient:
         self.port = port
         self.keepalive = keepalive
         self.client_id = client_id
-        self.c = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            clean_session=clean_session,
-            protocol=mqtt.MQTTv311 if protocol is None else protocol,
-        )
+        protocol = mqtt.MQTTv311 if protocol is None else protocol
+        kw = {}
+        if protocol != mqtt.MQTTv5:  # paho refuses clean_session for MQTT 5
+            kw["clean_session"] = clean_session
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                             protocol=protocol, **kw)
         # Outbound flow control in paho; unlimited local queue.
         self.c.max_inflight_messages_set(20)
         if will is not None:
@@ -244,6 +244,14 @@ class PahoClient:
         self._thread.join(5)
         self._thread = None
 
+    def freeze(self):
+        """Stop the network thread but keep the socket open: the client goes
+        silent (no PINGREQ) like a hung device."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
     def kill(self, reset=False):
         """Drop the TCP connection without sending DISCONNECT (like a crashed
         device). reset=True sends an RST (SO_LINGER 0) instead of a FIN."""
@@ -372,7 +380,7 @@ def mosquitto_pub(port, topic, message=None, qos=0, retain=False, null=False,
 class MosqSub:
     """mosquitto_sub in the background with -d, so the test can wait for its
     SUBACK before publishing, and read each message's flags from the debug
-    line. Output is line-buffered through stdbuf when available."""
+    line. Output is line-buffered through stdbuf (coreutils)."""
 
     def __init__(self, port, topics, qos=0, count=None, wait_s=10, verbose=True,
                  fmt=None, args=()):
@@ -389,9 +397,9 @@ class MosqSub:
         elif verbose:
             cmd.append("-v")
         cmd += list(args)
-        stdbuf = shutil.which("stdbuf")
-        if stdbuf:
-            cmd = [stdbuf, "-oL"] + cmd
+        # Piped stdout is block-buffered by stdio: without stdbuf the SUBACK
+        # line would only show up when mosquitto_sub exits.
+        cmd = [require_tool("stdbuf"), "-oL"] + cmd
         self.cmd = cmd
         self.wait_s = wait_s
         self.cond = threading.Condition()

@@ -308,6 +308,11 @@ def _short(pkt):
     return d
 
 
+def connect(host, port, **kw):
+    """A RawClient with an open TCP connection (nothing sent yet)."""
+    return RawClient(host, port, **kw)
+
+
 def connected(host, port, client_id="", **kw):
     """A RawClient that completed CONNECT/CONNACK with rc 0."""
     c = RawClient(host, port)

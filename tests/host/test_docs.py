@@ -73,7 +73,7 @@ def test_sys_topics_documented():
     from midge.broker import Broker
     from midge.sys_topics import snapshot
     b = Broker(load_config())
-    for topic, _ in snapshot(b, b.clock()):
+    for topic, _ in snapshot(b):
         leaf = topic[len("$SYS/broker/"):]
         if leaf.startswith("counters/"):
             continue

@@ -64,6 +64,21 @@ def test_mqtt31_client_interoperates_with_311(broker, paho_pool):
         assert sorted(got) == sorted(want)
 
 
+def test_mqtt5_client_refused_as_unsupported_protocol(broker, paho_pool):
+    mqtt = require_paho()
+    c = paho_pool(broker.port, client_id="paho-v5", protocol=mqtt.MQTTv5)
+    session_present, rc = c.connect(expect_success=False)
+    # Contract: protocol level 5 -> CONNACK rc 1 then close ([MQTT-3.1.2-2]);
+    # paho 2.1 maps it to "Unsupported protocol version".
+    assert rc == "Unsupported protocol version"
+    c.wait_lost()
+    # The broker is fine afterwards.
+    ok = paho_pool.connected(broker.port, client_id="after-v5")
+    ok.subscribe("v5/t", 1)
+    ok.publish("v5/t", b"ok", qos=1)
+    assert ok.wait_messages(1) == [Msg("v5/t", b"ok", 1, False, False)]
+
+
 def test_username_password_accepted_when_anonymous_allowed(broker, paho_pool):
     c = paho_pool(broker.port, client_id="paho-user", username="alice", password="secret")
     session_present, rc = c.connect()
@@ -191,6 +206,27 @@ def test_retained_qos_downgrade_wildcard_and_resubscribe(broker, paho_pool):
     assert sorted(marker_sync(sub, pub, "rq/zz")) == want2
 
 
+def test_many_retained_messages_to_one_new_subscription(broker, paho_pool):
+    # 48 retained topics, ~14 KB in all (inside max_retained_messages 64 and
+    # max_retained_bytes 16384): more than max_outbound_bytes (8192) and the
+    # inflight window (10), so the broker must feed them as the client
+    # drains, yet every one arrives, once, with RETAIN 1.
+    pub = paho_pool.connected(broker.port, client_id="mr-pub")
+    want = []
+    for i in range(48):
+        q = i % 3
+        topic = "many/%02d" % i
+        payload = (b"%02d" % i) * 140
+        pub.publish(topic, payload, qos=q, retain=True)
+        want.append(Msg(topic, payload, min(q, 1), True, False))
+    pub.publish("many/sync", b"", qos=1)  # QoS 0 ones were routed before this
+    sub = paho_pool.connected(broker.port, client_id="mr-sub")
+    assert sub.subscribe("many/+", 1) == [1]
+    got = sub.wait_messages(len(want), timeout=10)
+    assert sorted(got) == sorted(want)
+    assert marker_sync(sub, pub, "many/zz")[len(want):] == []
+
+
 # --- will -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("reset", [False, True], ids=["fin", "rst"])
@@ -242,6 +278,40 @@ def test_no_will_after_clean_disconnect(broker, paho_pool):
     assert marker_sync(late, watcher, "nowill/dev") == []
 
 
+def test_will_on_keepalive_timeout(broker, paho_pool):
+    watcher = paho_pool.connected(broker.port, client_id="ka-watch")
+    watcher.subscribe("kawill/#", 1)
+    dev = paho_pool(broker.port, client_id="ka-dev", keepalive=1,
+                    will=("kawill/dev", b"silent", 1, False))
+    dev.connect()
+    t0 = time.monotonic()
+    dev.freeze()  # socket open, nothing sent any more
+    # Contract: silent for 1.5 x keepalive -> disconnected, will published
+    # ([MQTT-3.1.2-24]). (The generous timeout lets the same test pass on
+    # mosquitto 2.0, which checks keepalives only every few seconds.)
+    got = watcher.wait_messages(1, timeout=8)
+    assert got == [Msg("kawill/dev", b"silent", 1, False, False)]
+    # Not before 1.5 x keepalive since the last packet (CONNECT).
+    assert time.monotonic() - t0 >= 1.4
+
+
+def test_takeover_closes_old_connection_and_publishes_its_will(broker, paho_pool):
+    watcher = paho_pool.connected(broker.port, client_id="to-watch")
+    watcher.subscribe("takeover/#", 1)
+    old = paho_pool(broker.port, client_id="to-dev", will=("takeover/dev", b"old gone", 1, False))
+    old.connect()
+    old.subscribe("takeover/cmd", 1)
+    new = paho_pool.connected(broker.port, client_id="to-dev")
+    # [MQTT-3.1.4-2] the existing connection with that client id is closed.
+    old.wait_lost(timeout=5)
+    # Contract: the old connection's will IS published (it sent no DISCONNECT).
+    assert watcher.wait_messages(1) == [Msg("takeover/dev", b"old gone", 1, False, False)]
+    new.subscribe("takeover/cmd", 1)
+    watcher.publish("takeover/cmd", b"to new", qos=1)
+    assert new.wait_messages(1) == [Msg("takeover/cmd", b"to new", 1, False, False)]
+    assert not new.lost
+
+
 # --- persistent sessions -------------------------------------------------------------------
 
 @pytest.mark.parametrize("offline_by", ["disconnect", "kill"])
@@ -286,6 +356,38 @@ def test_persistent_session_resume_queued_in_order(broker, paho_pool, offline_by
     assert all(not m.retain for m in seq)
 
 
+def test_persistent_session_resends_unacked_with_dup(broker, paho_pool):
+    port = broker.port
+    sub = paho_pool(port, client_id="redo-sub", clean_session=False)
+    sub.connect()
+    assert sub.subscribe("rd/#", 2) == [2]
+    sub.freeze()  # stops reading: PUBLISHes pile up unacknowledged
+    pub = paho_pool.connected(port, client_id="redo-pub")
+    first = [(b"inflight-%d" % i, 1 + i % 2) for i in range(8)]  # <= max_inflight 10
+    for p, q in first:
+        pub.publish("rd/seq", p, qos=q)
+    time.sleep(0.3)  # the broker has written them to the (unread) socket
+    sub.kill()
+    time.sleep(0.3)
+    later = [(b"queued-%d" % i, 1 + i % 2) for i in range(4)]
+    for p, q in later:
+        pub.publish("rd/seq", p, qos=q)
+
+    again = paho_pool(port, client_id="redo-sub", clean_session=False)
+    session_present, _ = again.connect()
+    assert session_present is True
+    got = marker_sync(again, pub, "rd/live")
+    # Each message once (QoS 2: the client never saw the first copy), QoS kept.
+    assert sorted((m.payload, m.qos) for m in got) == sorted(first + later)
+    for q in (1, 2):  # wire order per QoS (paho hands QoS 2 over at PUBREL)
+        assert [m.payload for m in got if m.qos == q] == \
+            [p for p, pq in first + later if pq == q]
+    # Contract / [MQTT-4.4.0-1]: the unacknowledged ones are resent with DUP 1.
+    dup = dict((m.payload, m.dup) for m in got)
+    assert [dup[p] for p, q in first] == [True] * len(first)
+    assert [dup[p] for p, q in later] == [False] * len(later)
+
+
 def test_clean_session_discards_stored_session(broker, paho_pool):
     port = broker.port
     s = paho_pool(port, client_id="cs-sub", clean_session=False)
@@ -308,6 +410,33 @@ def test_clean_session_discards_stored_session(broker, paho_pool):
     d = paho_pool(port, client_id="cs-sub", clean_session=False)
     session_present, _ = d.connect()
     assert session_present is False
+
+
+def test_offline_sessions_fill_queues_within_default_heap(broker, paho_pool):
+    # Every cap at its default and the default heap: 15 offline persistent
+    # sessions (+ the publisher = max_sessions 16) each get their own stream
+    # of large QoS 1 messages, more than max_queued_bytes (16384) holds.
+    # The caps together must fit the heap: the publisher is never cut off,
+    # and each session then gets its newest messages (contract: drop OLDEST).
+    port, k, size = broker.port, 15, 3900
+    for i in range(k):
+        s = paho_pool(port, client_id="fill%02d" % i, clean_session=False)
+        s.connect()
+        s.subscribe("fill/%d" % i, 1)
+        s.disconnect()
+    pub = paho_pool.connected(port, client_id="fill-pub")
+    for r in range(5):
+        for i in range(k):
+            pub.publish("fill/%d" % i, bytes([65 + r]) * size, qos=1)
+    for i in range(k):
+        s = paho_pool(port, client_id="fill%02d" % i, clean_session=False)
+        session_present, _ = s.connect()
+        assert session_present is True
+        got = marker_sync(s, pub, "fill/%d" % i)
+        # 4 x (3900 + 6 topic bytes) fit in 16384; the oldest ("A") was dropped.
+        assert [(m.payload[:1], len(m.payload)) for m in got] == \
+            [(c, size) for c in (b"B", b"C", b"D", b"E")], i
+        s.disconnect()
 
 
 # --- topics: wildcards, $SYS, overlaps, unsubscribe ------------------------------------------

@@ -1,7 +1,6 @@
 # CONNECT / CONNACK / takeover / PINGREQ / DISCONNECT over a real socket
 # (MQTT 3.1.1 sections 3.1, 3.2, 3.12, 3.14; CONTRACT.md "CONNECT", "Takeover").
 import mqttspec as m
-from rawclient import wait_counter, counter_monitor  # noqa: F401
 
 
 def test_connect_accepted_exact_connack(broker):

@@ -1,5 +1,4 @@
 # Retained messages (MQTT 3.1.1 section 3.3.1.3; CONTRACT.md "Retained").
-import mqttspec as m
 
 
 def test_retained_stored_and_sent_to_new_subscriber(broker):
