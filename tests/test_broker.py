@@ -915,6 +915,28 @@ def test_backpressure_pressured_set():
     assert not b.should_pause(other)
 
 
+def test_backpressure_stops_after_a_stuck_subscriber_times_out():
+    # a subscriber that never acknowledges slows others for at most
+    # _PRESSURE_MAX_MS (5 s), then its queue just drops oldest
+    clock = Clock()
+    b = make_broker(clock, max_inflight=1, max_queued_messages=4, sys_interval_s=0)
+    stuck = join(b, "stuck")
+    other = join(b, "other")
+    sub(b, stuck, "t", 1)
+    for i in range(3):
+        pub(b, "t", b"%d" % i, 1)
+    assert b.should_pause(other)
+    clock.advance(4900)
+    b.tick()
+    assert b.should_pause(other)
+    clock.advance(200)
+    b.tick()
+    assert not b.should_pause(other)
+    for i in range(10):
+        pub(b, "t", b"more", 1)
+    assert len(stuck.session.queue) == 4 and b.counters["queue_dropped"] > 0
+
+
 def test_backpressure_bytes_and_detach():
     b = make_broker(max_inflight=1, max_queued_bytes=40)
     slow = join(b, "slow", clean=False)

@@ -346,7 +346,7 @@ def test_shared_read_buffer_with_interleaved_partial_packets():
 
 def test_backpressure_delays_next_read():
     b = new_broker(backpressure_ms=60)
-    b.pressured.add(object())  # some other connected session over half its queue
+    b.pressured[object()] = b.uptime_ms  # another connected session over half its queue
     w = FakeWriter()
     data = [m.connect("c1"), m.pingreq(), m.disconnect()]
 
@@ -359,7 +359,7 @@ def test_backpressure_delays_next_read():
     assert elapsed >= 110  # two pauses of up to 60 ms before the 2nd and 3rd reads
 
     b = new_broker(backpressure_ms=0)
-    b.pressured.add(object())
+    b.pressured[object()] = b.uptime_ms
     w = FakeWriter()
 
     async def fast():

@@ -14,7 +14,7 @@
 # Time comes from the injected clock (ticks_ms by default) so tests can
 # drive keepalive and $SYS deterministically, wrap-around included.
 from . import codec, log
-from .compat import ticks_ms, ticks_diff
+from .compat import const, ticks_ms, ticks_diff
 from .message import Message
 from .protocol import (
     CONNACK_ACCEPTED, CONNACK_ID_REJECTED, CONNACK_UNAVAILABLE, CONNACK_NOT_AUTHORIZED,
@@ -26,6 +26,8 @@ from .subscriptions import Subscriptions
 from . import topics
 
 VERSION = "0.1.0"
+
+_PRESSURE_MAX_MS = const(5000)  # longest one session's full queue slows others
 
 # $SYS counters, all published under $SYS/broker/counters/<name>.
 COUNTERS = (
@@ -68,9 +70,10 @@ class Broker:
         self.queued_bytes_total = 0  # their size() over all sessions
         self.max_topic_length = cfg["max_topic_length"]
         self.max_topic_levels = cfg["max_topic_levels"]
-        # Connected sessions whose queue is over half a cap: while any is
-        # here, connections delay their next read (backpressure_ms).
-        self.pressured = set()
+        # Connected sessions whose queue is over half a cap -> now_ms() when
+        # they got there. While one is here (for at most _PRESSURE_MAX_MS),
+        # other connections pause between packets (backpressure_ms).
+        self.pressured = {}
 
     def count(self, name):
         self.counters[name] += 1
@@ -152,7 +155,7 @@ class Broker:
             return
         s.conn = None
         self.online -= 1
-        self.pressured.discard(s)
+        self.pressured.pop(s, None)
         s.last_seen_ms = self.now_ms()
         will = s.will
         s.will = None
@@ -174,7 +177,7 @@ class Broker:
                 return cid
 
     def _drop_session(self, s):
-        self.pressured.discard(s)
+        self.pressured.pop(s, None)
         self.queued_total -= len(s.queue)
         self.queued_bytes_total -= s.queued_bytes
         for filt in s.subs:
@@ -277,8 +280,8 @@ class Broker:
         s.queued_bytes += size
         self.queued_total += 1
         self.queued_bytes_total += size
-        if s.conn is not None and self._over_half(s):
-            self.pressured.add(s)
+        if s.conn is not None and s not in self.pressured and self._over_half(s):
+            self.pressured[s] = self.uptime_ms
 
     def _dequeue(self, s):
         """Oldest queued (msg, qos) of a session, keeping the totals."""
@@ -293,13 +296,20 @@ class Broker:
         return len(s.queue) * 2 >= self.max_queued or s.queued_bytes * 2 >= self.max_queued_bytes
 
     def should_pause(self, conn):
-        """Backpressure: delay reading from `conn` while another connected
-        session's queue is over half full (never for that session itself,
-        whose acknowledgements are what drains it)."""
+        """Backpressure: pause reading from `conn` while another connected
+        session's queue is over half full. A session that stays there
+        longer than _PRESSURE_MAX_MS no longer slows anyone (it is not
+        keeping up, or not acknowledging: its queue drops oldest as usual),
+        so one stuck subscriber cannot throttle the broker for long."""
         p = self.pressured
         if not p:
             return False
-        return len(p) > 1 or conn.session not in p
+        own = conn.session
+        limit = self.uptime_ms - _PRESSURE_MAX_MS
+        for s in p:
+            if s is not own and p[s] >= limit:
+                return True
+        return False
 
     def pump(self, s):
         """Move waiting messages onto the wire while the inflight window
@@ -330,7 +340,7 @@ class Broker:
             msg, qos = self._dequeue(s)
             self._send_new(s, msg, qos, False)
         if s in self.pressured and not self._over_half(s):
-            self.pressured.discard(s)
+            del self.pressured[s]
 
     def _resend(self, s):
         """Reconnect of a persistent session: unacknowledged PUBLISH again

@@ -100,16 +100,21 @@ class Connection:
         reader = self.reader
         broker = self.broker
         max_packet = broker.cfg["max_packet_size"]
-        rest = b""
+        rest = b""       # bytes read but not yet handled (own copy, never the shared buffer)
+        need_read = True
         while not self.closing:
-            data = await read_chunk(reader, _shared_buf)
-            if not data:
-                raise EOFError()
-            self.last_rx_ms = ticks_ms()
-            broker.bytes_in += len(data)
-            if rest:
-                data = rest + data
+            if need_read:
+                data = await read_chunk(reader, _shared_buf)
+                if not data:
+                    raise EOFError()
+                self.last_rx_ms = ticks_ms()
+                broker.bytes_in += len(data)
+                if rest:
+                    data = rest + data
+            else:
+                data = rest
             pos = 0
+            paused = False
             while True:
                 frame = codec.split_frame(data, pos, max_packet)
                 if frame is None:
@@ -119,13 +124,17 @@ class Connection:
                 pos = end
                 if self.closing:
                     return
+                if broker.pressured and broker.should_pause(self):
+                    paused = True  # stop between packets, not only between reads
+                    break
             rest = bytes(data[pos:]) if pos < len(data) else b""
-            if broker.pressured:
+            need_read = not paused
+            if paused:
                 await self._backpressure()
 
     async def _backpressure(self):
-        """Delay the next read while a connected subscriber's queue is over
-        half full, at most backpressure_ms (Broker.should_pause)."""
+        """Wait while a connected subscriber's queue is over half full, at
+        most backpressure_ms (Broker.should_pause)."""
         broker = self.broker
         waited = 0
         limit = broker.cfg["backpressure_ms"]

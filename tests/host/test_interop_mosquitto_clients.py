@@ -103,7 +103,8 @@ def test_line_mode_many_lines_in_order(broker_factory, mosq):
     # its session queue. Size the queue and heap for the whole burst (the
     # default queue cap of 32 drops the oldest by design).
     n = 1000
-    b = broker_factory({"max_queued_messages": n + 100, "max_queued_bytes": 1 << 20},
+    b = broker_factory({"max_queued_messages": n + 100, "max_queued_bytes": 1 << 20,
+                        "max_queued_total": n + 100, "max_queued_bytes_total": 1 << 20},
                        heapsize="2m")
     sub = mosq.sub(b.port, "ml/lines", qos=1, count=n, wait_s=20)
     sub.wait_subscribed()
