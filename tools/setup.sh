@@ -16,7 +16,7 @@
 #      mosquitto-clients via apt-get when mosquitto, mosquitto_pub or
 #      mosquitto_sub is missing.
 # A step that cannot be done prints what is wrong. Under CI=true a missing
-# tool is a failure (non-zero exit), as docs/CONTRACT.md requires.
+# tool is a failure (non-zero exit), as README.md requires.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

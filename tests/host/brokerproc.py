@@ -1,7 +1,7 @@
 # Start the midge broker as a subprocess for host socket tests.
 #
 # By default the broker runs under the MicroPython unix port with a
-# device-like heap cap (-X heapsize=), exactly as CONTRACT.md documents:
+# device-like heap cap (-X heapsize=), exactly as README.md documents:
 #     MICROPYPATH=.frozen:<repo>/lib micropython -X heapsize=N -m midge \
 #         --host 127.0.0.1 --port P [--config FILE.json]
 # Env MIDGE_TEST_INTERP=cpython runs it under this CPython instead (for

@@ -6,7 +6,7 @@
 #
 # A broker that dies during a test (for example on malformed input) fails
 # that test at teardown with the broker's log. Without micropython the tests
-# are skipped, or fail under CI=true (CONTRACT.md).
+# are skipped, or fail under CI=true (README.md).
 import os
 import sys
 

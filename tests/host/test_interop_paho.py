@@ -3,7 +3,7 @@
 # with a heap cap). Each test gets its own broker.
 #
 # Spec references are to MQTT 3.1.1 (OASIS); "contract" means
-# docs/CONTRACT.md. A missing paho-mqtt skips these tests, or fails them
+# README.md. A missing paho-mqtt skips these tests, or fails them
 # under CI=true (interop_util.need).
 import os
 import sys

@@ -1,4 +1,4 @@
-# Every cap of CONTRACT.md / lib/midge/config.py SPEC, with small values, and
+# Every cap of README.md / lib/midge/config.py SPEC, with small values, and
 # the $SYS/broker/counters/<name> value that counts its hits.
 import time
 

@@ -1,5 +1,5 @@
 # CONNECT / CONNACK / takeover / PINGREQ / DISCONNECT over a real socket
-# (MQTT 3.1.1 sections 3.1, 3.2, 3.12, 3.14; CONTRACT.md "CONNECT", "Takeover").
+# (MQTT 3.1.1 sections 3.1, 3.2, 3.12, 3.14; README.md "CONNECT", "Takeover").
 import mqttspec as m
 
 
@@ -34,7 +34,7 @@ def test_unsupported_protocol_level_rc1_then_close(broker):
 
 def test_wrong_protocol_name_closed_without_connack(broker):
     # [MQTT-3.1.2-1]: a wrong protocol name MAY be closed without CONNACK;
-    # CONTRACT.md: closed without CONNACK.
+    # README.md: closed without CONNACK.
     for name in ("MQTX", "mqtt", ""):
         c = broker.raw()
         c.send(m.connect("x", protocol_name=name, protocol_level=4))
@@ -152,7 +152,7 @@ def test_takeover_closes_old_and_publishes_its_will(broker):
     assert ack["rc"] == 0
     # [MQTT-3.1.4-2]: the server disconnects the existing client.
     assert old.closed(2.0)
-    # CONTRACT.md: the old connection's will IS published.
+    # README.md: the old connection's will IS published.
     w.expect_publish("will/old", b"gone", qos=1, retain=0)
     assert new.is_open()
     # The new connection works.

@@ -1,4 +1,4 @@
-# Keepalive (MQTT 3.1.1 section 3.1.2.10 [MQTT-3.1.2-24]; CONTRACT.md
+# Keepalive (MQTT 3.1.1 section 3.1.2.10 [MQTT-3.1.2-24]; README.md
 # "Keepalive": silent for 1.5 x keepalive -> disconnected, will published,
 # counter keepalive_timeouts).
 import time

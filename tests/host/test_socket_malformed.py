@@ -1,4 +1,4 @@
-# Malformed input and protocol violations (CONTRACT.md "Protocol errors"):
+# Malformed input and protocol violations (README.md "Protocol errors"):
 # each closes only the offending connection, without a reply, counted in
 # malformed_packets, the will is published; another connected client keeps
 # working and the broker process stays alive (the fixture fails the test at

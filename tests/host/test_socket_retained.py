@@ -1,4 +1,4 @@
-# Retained messages (MQTT 3.1.1 section 3.3.1.3; CONTRACT.md "Retained").
+# Retained messages (MQTT 3.1.1 section 3.3.1.3; README.md "Retained").
 
 
 def test_retained_stored_and_sent_to_new_subscriber(broker):
@@ -38,7 +38,7 @@ def test_retained_cleared_by_empty_payload_and_forwarded_live(broker):
     live.subscribe([("r/c", 1)])
     live.expect_publish("r/c", b"keep", retain=1)
     # [MQTT-3.3.1-10]/[MQTT-3.3.1-11]: zero-length retained clears; it is
-    # still delivered to current subscribers (CONTRACT.md).
+    # still delivered to current subscribers (README.md).
     p.publish("r/c", b"", qos=1, retain=True)
     live.expect_publish("r/c", b"", retain=0)
     s = broker.client("s")
@@ -61,7 +61,7 @@ def test_retained_resent_on_resubscribe(broker):
     s = broker.client("s")
     s.subscribe([("r/re", 0)])
     s.expect_publish("r/re", b"v", retain=1)
-    # CONTRACT.md: also when re-subscribing the same filter.
+    # README.md: also when re-subscribing the same filter.
     s.subscribe([("r/re", 0)])
     s.expect_publish("r/re", b"v", retain=1)
 

@@ -1,5 +1,5 @@
 # Persistent sessions, clean session 0 (MQTT 3.1.1 sections 3.1.2.4, 4.1,
-# 4.4; CONTRACT.md "Persistent session").
+# 4.4; README.md "Persistent session").
 import mqttspec as m
 
 
@@ -20,7 +20,7 @@ def test_offline_queue_qos1_qos2_in_order_qos0_dropped(broker):
     c.disconnect()
     p = broker.client("p")
     p.publish("off/a", b"m1", qos=1)
-    p.publish("off/a", b"m2", qos=0)   # QoS 0 not queued (CONTRACT.md)
+    p.publish("off/a", b"m2", qos=0)   # QoS 0 not queued (README.md)
     p.publish("off/b", b"m3", qos=2)
     p.publish("off/a", b"m4", qos=1)
     p.publish("off/c", b"m5", qos=2)
@@ -121,7 +121,7 @@ def test_resend_order_inflight_then_pubrel_then_queued(broker):
     assert pubs[2][1] == b"d" and pubs[2][2] == 0, kinds
     assert len(pubs) == 3, kinds
     assert ("pubrel", None, None, a["pid"]) in kinds, kinds
-    # The queued message comes after every resend (CONTRACT.md).
+    # The queued message comes after every resend (README.md).
     assert kinds.index(pubs[2]) == len(kinds) - 1, kinds
 
 

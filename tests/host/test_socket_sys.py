@@ -1,4 +1,4 @@
-# $SYS topics (CONTRACT.md "$SYS").
+# $SYS topics (README.md "$SYS").
 from rawclient import sys_values, wait_sys_value
 
 TOPICS = [
@@ -14,7 +14,7 @@ COUNTERS = [
     "slow_dropped", "slow_disconnects", "retained_refused", "subscriptions_refused",
     "topic_limit", "sys_publish_dropped",
 ]
-# Counters that config.py documents beyond the CONTRACT.md list.
+# Counters that config.py documents beyond the README.md list.
 EXTRA_COUNTERS = ["inflight_in_exceeded"]
 ALL = TOPICS + ["$SYS/broker/counters/" + c for c in COUNTERS + EXTRA_COUNTERS]
 
