@@ -7,17 +7,12 @@
 # only if the new bytes do not fit. Messages marked `exempt` ($SYS) are not
 # counted against the caps. An empty payload clears the topic
 # [MQTT-3.3.1-10] and is never stored [MQTT-3.3.1-11].
-
-
-class _Node:
-    def __init__(self):
-        self.children = None  # dict level -> _Node
-        self.msg = None       # retained Message, or None
+from . import trie
 
 
 class Retained:
     def __init__(self, max_messages, max_bytes):
-        self._root = _Node()
+        self._root = trie.Node()  # node.value: the retained Message
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self.count = 0   # messages held, $SYS excluded
@@ -30,8 +25,8 @@ class Retained:
         if not msg.payload:
             self._clear(levels, exempt)
             return True
-        node = self._find(levels)
-        old = node.msg if node is not None else None
+        node = trie.find(self._root, levels)
+        old = node.value if node is not None else None
         if not exempt:
             old_size = old.size() if old is not None else 0
             if old is None and self.count >= self.max_messages:
@@ -44,78 +39,42 @@ class Retained:
         if old is None:
             self.total += 1
         if node is None:
-            node = self._make(levels)
-        node.msg = msg
+            node = trie.make(self._root, levels)
+        node.value = msg
         return True
 
     def get(self, levels):
-        node = self._find(levels)
-        return node.msg if node is not None else None
+        node = trie.find(self._root, levels)
+        return node.value if node is not None else None
 
     def match(self, filter_levels, out):
         """Append every retained message matching a filter to `out`."""
         _collect(self._root, filter_levels, 0, out, True)
 
-    def _find(self, levels):
-        node = self._root
-        for lv in levels:
-            ch = node.children
-            if ch is None:
-                return None
-            node = ch.get(lv)
-            if node is None:
-                return None
-        return node
-
-    def _make(self, levels):
-        node = self._root
-        for lv in levels:
-            ch = node.children
-            if ch is None:
-                ch = node.children = {}
-            nxt = ch.get(lv)
-            if nxt is None:
-                nxt = ch[lv] = _Node()
-            node = nxt
-        return node
-
     def _clear(self, levels, exempt):
-        path = []
-        node = self._root
-        for lv in levels:
-            ch = node.children
-            nxt = ch.get(lv) if ch else None
-            if nxt is None:
-                return
-            path.append((node, lv))
-            node = nxt
-        old = node.msg
-        if old is None:
+        node, path = trie.find_path(self._root, levels)
+        if node is None or node.value is None:
             return
-        node.msg = None
+        old = node.value
+        node.value = None
         self.total -= 1
         if not exempt:
             self.count -= 1
             self.bytes -= old.size()
-        while path and node.msg is None and not node.children:
-            parent, lv = path.pop()
-            del parent.children[lv]
-            if not parent.children:
-                parent.children = None
-            node = parent
+        trie.prune(node, path)
 
 
 def _collect(node, flt, i, out, top):
     if i == len(flt):
-        if node.msg is not None:
-            out.append(node.msg)
+        if node.value is not None:
+            out.append(node.value)
         return
     lv = flt[i]
     ch = node.children
     if lv == "#":
         # '#' matches this level too ('a/#' matches 'a') [MQTT-4.7.1-2]
-        if node.msg is not None and not top:
-            out.append(node.msg)
+        if node.value is not None and not top:
+            out.append(node.value)
         if ch is not None:
             for k in ch:
                 if top and k[:1] == "$":
@@ -136,8 +95,8 @@ def _collect(node, flt, i, out, top):
 
 
 def _collect_all(node, out):
-    if node.msg is not None:
-        out.append(node.msg)
+    if node.value is not None:
+        out.append(node.value)
     ch = node.children
     if ch is not None:
         for k in ch:

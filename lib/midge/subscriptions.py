@@ -1,67 +1,40 @@
 # Subscription trie: topic levels -> subscribers, so a publish walks only
 # the branches its topic can match (never a scan of all filters).
 #
-# Each node maps a level ("+" and "#" included) to a child node, and holds
-# the subscribers whose filter ends at that node: {session: granted_qos}.
-# Empty branches are pruned on unsubscribe so the trie never outgrows the
-# live subscriptions.
+# Each node (trie.Node) holds the subscribers whose filter ends there:
+# {session: granted_qos}.
 
 
-class _Node:
-    def __init__(self):
-        self.children = None  # dict level -> _Node, or None
-        self.subs = None      # dict session -> qos, or None
+from . import trie
 
 
 class Subscriptions:
     def __init__(self):
-        self._root = _Node()
+        self._root = trie.Node()  # node.value: dict session -> granted qos
         self.count = 0  # filters held, over all sessions
 
     def add(self, levels, session, qos):
         """Subscribe; returns True if the filter was new for this session
         (False: granted QoS replaced [MQTT-3.8.4-3])."""
-        node = self._root
-        for lv in levels:
-            ch = node.children
-            if ch is None:
-                ch = node.children = {}
-            nxt = ch.get(lv)
-            if nxt is None:
-                nxt = ch[lv] = _Node()
-            node = nxt
-        if node.subs is None:
-            node.subs = {}
-        new = session not in node.subs
-        node.subs[session] = qos
+        node = trie.make(self._root, levels)
+        if node.value is None:
+            node.value = {}
+        new = session not in node.value
+        node.value[session] = qos
         if new:
             self.count += 1
         return new
 
     def remove(self, levels, session):
         """Unsubscribe; returns True if the subscription existed."""
-        path = []
-        node = self._root
-        for lv in levels:
-            ch = node.children
-            nxt = ch.get(lv) if ch else None
-            if nxt is None:
-                return False
-            path.append((node, lv))
-            node = nxt
-        if not node.subs or session not in node.subs:
+        node, path = trie.find_path(self._root, levels)
+        if node is None or not node.value or session not in node.value:
             return False
-        del node.subs[session]
+        del node.value[session]
         self.count -= 1
-        if not node.subs:
-            node.subs = None
-        # prune empty nodes bottom-up
-        while path and node.subs is None and not node.children:
-            parent, lv = path.pop()
-            del parent.children[lv]
-            if not parent.children:
-                parent.children = None
-            node = parent
+        if not node.value:
+            node.value = None
+            trie.prune(node, path)
         return True
 
     def match(self, levels, out):
@@ -86,24 +59,22 @@ def _match(node, levels, i, n, out, dollar):
     wild = not (dollar and i == 0)
     if wild:
         h = ch.get("#")
-        if h is not None and h.subs:
-            _add_all(h.subs, out)  # '#' also matches the parent level [MQTT-4.7.1-2]
-    if i == n:
-        return
+        if h is not None and h.value:
+            _add_all(h.value, out)  # '#' matches every remaining level [MQTT-4.7.1-2]
     if wild:
         p = ch.get("+")
         if p is not None:
             if i + 1 == n:
-                if p.subs:
-                    _add_all(p.subs, out)
+                if p.value:
+                    _add_all(p.value, out)
                 _match_end(p, out)
             else:
                 _match(p, levels, i + 1, n, out, dollar)
     c = ch.get(levels[i])
     if c is not None:
         if i + 1 == n:
-            if c.subs:
-                _add_all(c.subs, out)
+            if c.value:
+                _add_all(c.value, out)
             _match_end(c, out)
         else:
             _match(c, levels, i + 1, n, out, dollar)
@@ -114,5 +85,5 @@ def _match_end(node, out):
     ch = node.children
     if ch is not None:
         h = ch.get("#")
-        if h is not None and h.subs:
-            _add_all(h.subs, out)
+        if h is not None and h.value:
+            _add_all(h.value, out)
