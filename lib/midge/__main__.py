@@ -7,11 +7,12 @@ import sys
 from . import log
 from .config import ConfigError, load_config, read_json
 
-USAGE = """usage: midge [--host HOST] [--port PORT] [--config FILE.json] [--board NAME] [--log-level LEVEL]
+USAGE = """usage: midge [--host HOST] [--port PORT] [--config FILE.json] [--board NAME] [--store DIR] [--log-level LEVEL]
   --host HOST        address to listen on (default 127.0.0.1)
   --port PORT        TCP port (default 1883)
   --config FILE      JSON object of config keys (see README, configuration reference)
   --board NAME       apply boards/NAME/board.json budgets before --config
+  --store DIR        keep retained messages and persistent sessions in DIR (store_dir)
   --log-level LEVEL  debug, info, warning, error or off"""
 
 
@@ -65,12 +66,28 @@ def parse_args(argv):
             config_path = v
         elif a == "--board":
             board = v
+        elif a == "--store":
+            cli["store_dir"] = v
         elif a == "--log-level":
             cli["log_level"] = v
         else:
             raise ConfigError("unknown option %s" % a)
         i += 2
     return cli, board, config_path
+
+
+def _stop_on_sigterm():
+    """SIGTERM stops like SIGINT (the store is flushed and closed). The
+    MicroPython unix port has no signal module: there SIGTERM ends the
+    process at once, which the store survives like any crash."""
+    try:
+        import signal
+    except ImportError:
+        return
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt()
+    signal.signal(signal.SIGTERM, stop)
 
 
 def main(argv):
@@ -86,12 +103,20 @@ def main(argv):
     if board:
         log.info("board %s", board)
     log.info("caps: " + ", ".join("%s=%s" % (k, cfg[k]) for k in sorted(cfg) if k.startswith("max_")))
-    log.info("state is kept in memory only (no store configured)")
+    if cfg["store_dir"]:
+        log.info("store: %s (max %d bytes, sync within %d ms)", cfg["store_dir"],
+                 cfg["store_max_bytes"], cfg["store_sync_ms"])
+    else:
+        log.info("state is kept in memory only (no store configured)")
+    _stop_on_sigterm()
     from . import serve
     try:
         serve(cfg)
     except KeyboardInterrupt:
         log.info("stopped")
+    except Exception as e:  # e.g. StoreError: a store this midge cannot read
+        sys.stderr.write("midge: %s\n" % e)
+        sys.exit(1)
 
 
 main(sys.argv[1:])

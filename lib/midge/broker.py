@@ -35,12 +35,14 @@ COUNTERS = (
     "oversize_packets", "sessions_evicted", "sessions_refused", "queue_dropped",
     "slow_dropped", "slow_disconnects", "retained_refused", "subscriptions_refused",
     "topic_limit", "sys_publish_dropped", "inflight_in_exceeded", "internal_errors",
+    "sessions_expired", "store_evicted",
 )
 
 
 class Broker:
-    def __init__(self, cfg, clock=ticks_ms):
+    def __init__(self, cfg, clock=ticks_ms, store=None):
         self.cfg = cfg
+        self.store = store          # store.Store, or None: memory only
         self.clock = clock
         # Broker time: ticks_diff is only valid for half the ticks period
         # (~6.2 days on 32-bit boards), so elapsed time is accumulated in
@@ -77,6 +79,66 @@ class Broker:
 
     def count(self, name):
         self.counters[name] += 1
+
+    def _st(self, s):
+        """The store, if this session's state is persisted (clean 0)."""
+        st = self.store
+        return st if st is not None and not s.clean else None
+
+    def commit(self):
+        """Write what the store buffered when the durability rule says so.
+        The connection layer calls this after each chunk it handled (before
+        any reply of it is written), the server after each tick."""
+        st = self.store
+        if st is not None and st.pending():
+            st.commit(self, self.uptime_ms)
+
+    def restore(self):
+        """Load the store (once, before listening) and publish the wills of
+        clients that were connected when the broker stopped: they never
+        sent DISCONNECT."""
+        st = self.store
+        if st is None:
+            return
+        for will in st.open(self):
+            self.publish(will)
+        for s in self.sessions.values():
+            s.last_seen_ms = self.uptime_ms
+        self.commit()
+
+    def close(self):
+        """Clean stop: write everything buffered, close the store."""
+        st = self.store
+        if st is not None:
+            st.urgent()
+            self.commit()
+            st.close()
+
+    # restore_* rebuild state from store records without writing records
+
+    def restore_retained(self, msg):
+        if not self.retained.set(topics.split(msg.topic), msg):
+            self.count("retained_refused")
+
+    def restore_sub(self, s, filt, qos):
+        levels = topics.filter_levels(filt)
+        if levels is not None:
+            s.subs[filt] = qos
+            self.subs.add(levels, s, qos)
+
+    def restore_unsub(self, s, filt):
+        if s.subs.pop(filt, None) is not None:
+            self.subs.remove(topics.split(filt), s)
+
+    def restore_queue(self, s, msg, qos):
+        s.queue.append((msg, qos))
+        size = msg.size()
+        s.queued_bytes += size
+        self.queued_total += 1
+        self.queued_bytes_total += size
+
+    def restore_dequeue(self, s):
+        return self._dequeue(s)
 
     def now_ms(self):
         """Milliseconds since the broker started; never wraps. Called at
@@ -119,7 +181,7 @@ class Broker:
             old.close()
             s = self.sessions.get(cid)  # a clean session was dropped by detach
         if s is not None and c.clean:
-            self._drop_session(s)  # [MQTT-3.1.2-6]
+            self.drop_session(s)  # [MQTT-3.1.2-6]
             s = None
         present = s is not None
         if s is None:
@@ -129,7 +191,14 @@ class Broker:
                 return False
             s = Session(cid, c.clean, now)
             self.sessions[cid] = s
+            st = self._st(s)
+            if st is not None:
+                st.session(s)
         s.will = will
+        if will is not None:
+            st = self._st(s)
+            if st is not None:
+                st.will(s, will)  # published after a restart if still set
         s.conn = conn
         s.last_seen_ms = now
         conn.session = s
@@ -159,6 +228,10 @@ class Broker:
         s.last_seen_ms = self.now_ms()
         will = s.will
         s.will = None
+        if will is not None:
+            st = self._st(s)
+            if st is not None:
+                st.will_del(s)
         if log.level <= log.INFO:
             log.info("client %s disconnected (%s)", s.client_id, "clean" if graceful else "unclean")
         if will is not None and not graceful:
@@ -167,7 +240,7 @@ class Broker:
             else:
                 self.publish(will)
         if s.clean:
-            self._drop_session(s)
+            self.drop_session(s)
 
     def _assign_id(self):
         while True:
@@ -176,7 +249,11 @@ class Broker:
             if cid not in self.sessions:
                 return cid
 
-    def _drop_session(self, s):
+    def drop_session(self, s):
+        """Forget a session and everything it holds."""
+        st = self._st(s)
+        if st is not None and st.opened:
+            st.session_del(s)
         self.pressured.pop(s, None)
         self.queued_total -= len(s.queue)
         self.queued_bytes_total -= s.queued_bytes
@@ -197,7 +274,7 @@ class Broker:
             return False
         self.count("sessions_evicted")
         log.info("session %s evicted (max_sessions)", victim.client_id)
-        self._drop_session(victim)
+        self.drop_session(victim)
         return True
 
     def check_name(self, topic, nbytes=-1):
@@ -221,6 +298,8 @@ class Broker:
         if msg.retain:
             if not self.retained.set(levels, msg, exempt):
                 self.count("retained_refused")
+            elif not exempt and self.store is not None:
+                self.store.retain(msg.topic, msg.qos, msg.payload)
         matches = {}
         self.subs.match(levels, matches)
         mq = msg.qos
@@ -243,7 +322,10 @@ class Broker:
             return
         if (conn is not None and not s.queue and len(s.inflight) < self.max_inflight
                 and conn.room() > 0):
-            self._send_new(s, msg, qos, False)
+            pid = self._send_new(s, msg, qos, False)
+            st = self._st(s)
+            if st is not None:
+                st.inflight(s, msg, pid, qos, False)
         else:
             self._enqueue(s, msg, qos)
 
@@ -255,6 +337,7 @@ class Broker:
         conn.send(codec.pid_bytes(pid))
         conn.send(msg.payload)
         self.msgs_out += 1
+        return pid
 
     def _enqueue(self, s, msg, qos):
         """Queue a message for a session. Caps, all drop-oldest (counter
@@ -267,11 +350,14 @@ class Broker:
             self.count("queue_dropped")
             return
         q = s.queue
+        st = self._st(s)
         while q and (len(q) >= self.max_queued or s.queued_bytes + size > self.max_queued_bytes
                      or self.queued_total >= self.max_queued_total
                      or self.queued_bytes_total + size > self.max_queued_bytes_total):
             self._dequeue(s)
             self.count("queue_dropped")
+            if st is not None:
+                st.drop(s)
         if (self.queued_total >= self.max_queued_total
                 or self.queued_bytes_total + size > self.max_queued_bytes_total):
             self.count("queue_dropped")
@@ -280,6 +366,8 @@ class Broker:
         s.queued_bytes += size
         self.queued_total += 1
         self.queued_bytes_total += size
+        if st is not None:
+            st.queue(s, msg, qos)
         if s.conn is not None and s not in self.pressured and self._over_half(s):
             self.pressured[s] = self.uptime_ms
 
@@ -327,7 +415,10 @@ class Broker:
             bl[s.backlog_pos] = None  # release the reference
             s.backlog_pos += 1
             if qos:
-                self._send_new(s, msg, qos, True)
+                pid = self._send_new(s, msg, qos, True)
+                st = self._st(s)
+                if st is not None:
+                    st.inflight(s, msg, pid, qos, True)
             else:
                 conn.send(msg.head(0, True, False))
                 conn.send(msg.payload)
@@ -336,9 +427,12 @@ class Broker:
             s.backlog = []
             s.backlog_pos = 0
         q = s.queue
+        st = self._st(s)
         while q and len(s.inflight) < self.max_inflight and conn.room() > 0:
             msg, qos = self._dequeue(s)
-            self._send_new(s, msg, qos, False)
+            pid = self._send_new(s, msg, qos, False)
+            if st is not None:
+                st.send(s, pid)
         if s in self.pressured and not self._over_half(s):
             del self.pressured[s]
 
@@ -364,19 +458,28 @@ class Broker:
         e = s.find_inflight(pid)
         if e is not None and e[QOS] == 1:
             s.inflight.remove(e)
+            st = self._st(s)
+            if st is not None:
+                st.done(s, pid)
             self.pump(s)
 
     def pubrec(self, s, pid):
         e = s.find_inflight(pid)
-        if e is not None and e[QOS] == 2:
+        if e is not None and e[QOS] == 2 and e[STATE] == AWAIT_ACK:
             e[STATE] = AWAIT_COMP
             e[MSG] = None  # the message itself is no longer needed [MQTT-4.3.3-1]
+            st = self._st(s)
+            if st is not None:
+                st.comp(s, pid)
         s.conn.send(codec.pubrel(pid))
 
     def pubcomp(self, s, pid):
         e = s.find_inflight(pid)
         if e is not None and e[STATE] == AWAIT_COMP:
             s.inflight.remove(e)
+            st = self._st(s)
+            if st is not None:
+                st.done(s, pid)
             self.pump(s)
 
     # --- subscriptions ---------------------------------------------------------------
@@ -403,6 +506,9 @@ class Broker:
                 continue
             s.subs[filt] = qos
             self.subs.add(levels, s, qos)
+            st = self._st(s)
+            if st is not None:
+                st.sub(s, filt, qos)
             codes.append(qos)
             found = []
             self.retained.match(levels, found)
@@ -424,6 +530,9 @@ class Broker:
                 levels = topics.filter_levels(filt)
                 if levels is not None:
                     self.subs.remove(levels, s)
+                st = self._st(s)
+                if st is not None:
+                    st.unsub(s, filt)
         s.conn.send(codec.unsuback(pid))  # [MQTT-3.10.4-4]
 
     # --- time --------------------------------------------------------------------------
@@ -443,6 +552,13 @@ class Broker:
                 log.info("client %s keepalive timeout", s.client_id)
                 self.detach(conn, False)
                 conn.close()
+        expiry_ms = self.cfg["session_expiry_s"] * 1000
+        if expiry_ms:
+            for s in list(self.sessions.values()):
+                if s.conn is None and up - s.last_seen_ms > expiry_ms:
+                    self.count("sessions_expired")
+                    log.info("session %s expired", s.client_id)
+                    self.drop_session(s)
         interval = self.cfg["sys_interval_s"]
         if interval and up >= self._next_sys_ms:
             self._next_sys_ms = up + interval * 1000

@@ -103,3 +103,49 @@ else:
     async def read_chunk(reader, buf):
         """CPython's StreamReader has no readinto: read up to len(buf)."""
         return await reader.read(len(buf))
+
+
+class OSFS:
+    """The filesystem the store writes to: the interpreter's own (a
+    directory on the host, littlefs on a board). tools/lfs_fs.py offers the
+    same interface over a littlefs image for wear measurements."""
+
+    def open(self, path, mode):
+        return open(path, mode)
+
+    def rename(self, src, dst):
+        import os
+        os.rename(src, dst)  # atomic replace on POSIX and littlefs
+
+    def remove(self, path):
+        import os
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+
+    def size(self, path):
+        """Bytes in the file, -1 if it does not exist."""
+        import os
+        try:
+            return os.stat(path)[6]
+        except OSError:
+            return -1
+
+    def mkdir(self, path):
+        import os
+        try:
+            os.mkdir(path)
+        except OSError:
+            pass  # exists (or the parent is missing: open() will say so)
+
+    def sync(self, f):
+        """Make written bytes durable: flush, and fsync where the
+        interpreter has it (CPython). MicroPython's flush() is a littlefs
+        sync on the boards and a write(2) on the unix port."""
+        f.flush()
+        try:
+            import os
+            os.fsync(f.fileno())
+        except (AttributeError, ImportError, OSError):
+            pass

@@ -90,6 +90,24 @@ SPEC = {
     # A write that cannot drain within this time closes the connection
     # (counter: slow_disconnects); its will is published.
     "write_timeout_ms": (10000, 100, 600000),
+    # --- persistence (docs/STORE.md) -------------------------------------------
+    # Directory of the flash store; "" keeps all state in memory only.
+    "store_dir": ("", None, None),
+    # Flash bytes the store may use. The log is compacted when it passes
+    # half of this; if the compacted state is still over half, the least
+    # recently seen offline persistent session is dropped until it fits
+    # (counter: store_evicted).
+    "store_max_bytes": (262144, 4096, 1 << 30),
+    # Longest a record that backs no acknowledgement (a QoS 0 retained
+    # update, a client's PUBACK) waits before it is written; retained
+    # updates of one topic in that window are written once. Records behind
+    # a PUBACK/PUBREC/SUBACK are written before the acknowledgement.
+    "store_sync_ms": (1000, 0, 600000),
+    # An offline persistent session unseen for this long is dropped
+    # (counter: sessions_expired); 0 keeps sessions until evicted. The
+    # clock restarts at boot (remaining time, not dates, is what a board can
+    # keep).
+    "session_expiry_s": (0, 0, 1 << 30),
     # --- $SYS and logging -------------------------------------------------------
     # Seconds between $SYS publications; 0 turns $SYS off.
     "sys_interval_s": (10, 0, 86400),

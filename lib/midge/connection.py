@@ -91,6 +91,7 @@ class Connection:
         self.closing = True
         try:
             broker.detach(self, self.graceful)
+            broker.commit()
         except Exception as e:
             log.error("detach failed: %r", e)
             print_exception(e)
@@ -123,11 +124,13 @@ class Connection:
                 handlers.handle(broker, self, first, data, start, end)
                 pos = end
                 if self.closing:
+                    broker.commit()
                     return
                 if broker.pressured and broker.should_pause(self):
                     paused = True  # stop between packets, not only between reads
                     break
             rest = bytes(data[pos:]) if pos < len(data) else b""
+            broker.commit()  # durable before any reply of this chunk is written
             need_read = not paused
             if paused:
                 await self._backpressure()

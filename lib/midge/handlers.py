@@ -31,16 +31,22 @@ def handle(broker, conn, first, buf, start, end):
         broker.pubrec(s, codec.decode_pid_only(flags, 0, buf, start, end))
     elif ptype == PUBREL:
         pid = codec.decode_pid_only(flags, 0x02, buf, start, end)
-        s.in_qos2.discard(pid)
+        if pid in s.in_qos2:
+            s.in_qos2.discard(pid)
+            st = broker._st(s)
+            if st is not None:
+                st.in2_del(s, pid)
         conn.send(codec.pubcomp(pid))  # [MQTT-4.3.3-2]
     elif ptype == PUBCOMP:
         broker.pubcomp(s, codec.decode_pid_only(flags, 0, buf, start, end))
     elif ptype == SUBSCRIBE:
         pid, requests = codec.decode_subscribe(flags, buf, start, end)
         broker.subscribe(s, pid, requests)
+        _urgent(broker)  # SUBACK after the subscription is durable
     elif ptype == UNSUBSCRIBE:
         pid, filters = codec.decode_unsubscribe(flags, buf, start, end)
         broker.unsubscribe(s, pid, filters)
+        _urgent(broker)
     elif ptype == PINGREQ:
         codec.check_empty(flags, start, end)
         conn.send(codec.PINGRESP)  # [MQTT-3.12.4-1]
@@ -80,11 +86,24 @@ def _publish(broker, conn, s, flags, buf, start, end):
         if len(s.in_qos2) >= broker.cfg["max_inflight_in"]:
             raise ProtocolError("too many QoS 2 messages awaiting PUBREL", 0x93, "inflight_in_exceeded")
         s.in_qos2.add(pid)
+        st = broker._st(s)
+        if st is not None:
+            st.in2_add(s, pid)
     if topics.is_sys_reserved(topic):
         broker.count("sys_publish_dropped")
     else:
         broker.publish(msg)
+    if qos:
+        _urgent(broker)  # the acknowledgement waits for the store
     if qos == 1:
         conn.send(codec.puback(pid))  # [MQTT-4.3.2-2]
     elif qos == 2:
         conn.send(codec.pubrec(pid))  # [MQTT-4.3.3-2]
+
+
+def _urgent(broker):
+    """What the store buffered must be durable before the acknowledgement
+    now queued on the connection is written (Broker.commit)."""
+    st = broker.store
+    if st is not None:
+        st.urgent()

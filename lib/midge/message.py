@@ -4,6 +4,11 @@ from . import codec
 
 
 class Message:
+    # Set by the store when the message body is written to the log (class
+    # defaults cost no per-instance heap until then).
+    mid = 0         # message id in the store
+    store_gen = 0   # log generation holding its R_MSG record (0: none)
+
     def __init__(self, topic, payload, qos, retain):
         self.topic = topic                # str, validated
         self.topic_bytes = topic.encode() # encoded once, reused by every send

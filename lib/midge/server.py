@@ -15,12 +15,20 @@ class Server:
     def __init__(self, cfg, broker=None, on_tick=None):
         self.cfg = cfg
         self.on_tick = on_tick
-        self.broker = broker if broker is not None else Broker(cfg)
+        if broker is None:
+            store = None
+            if cfg["store_dir"]:
+                from .store import Store
+                store = Store(cfg["store_dir"], max_bytes=cfg["store_max_bytes"],
+                              sync_ms=cfg["store_sync_ms"])
+            broker = Broker(cfg, store=store)
+        self.broker = broker
         self.conns = []  # open Connections; len() <= max_clients
         self.stopping = False
 
     async def run(self):
         cfg = self.cfg
+        self.broker.restore()
         srv = await asyncio.start_server(self._accept, cfg["host"], cfg["port"])
         log.info("midge %s listening on %s:%d (%s, max_clients=%d, free heap %d)",
                  VERSION, cfg["host"], cfg["port"],
@@ -34,6 +42,7 @@ class Server:
         finally:
             srv.close()
             await srv.wait_closed()
+            self.broker.close()
 
     async def _accept(self, reader, writer):
         if len(self.conns) >= self.cfg["max_clients"]:
@@ -70,3 +79,4 @@ class Server:
                 log.info("%s closed: write stalled for %d ms", conn.peer, write_ms)
                 conn.close()
         self.broker.tick()
+        self.broker.commit()

@@ -25,6 +25,13 @@ def snapshot(broker):
         ("$SYS/broker/heap/free", str(mem_free())),
         ("$SYS/broker/heap/alloc", str(mem_alloc())),
     ]
+    store = broker.store
+    if store is not None:
+        items.append(("$SYS/broker/store/bytes_written", str(store.bytes_written)))
+        items.append(("$SYS/broker/store/commits", str(store.commits)))
+        items.append(("$SYS/broker/store/compactions", str(store.compactions)))
+        items.append(("$SYS/broker/store/damaged_records", str(store.damaged_records)))
+        items.append(("$SYS/broker/store/errors", str(store.errors)))
     c = broker.counters
     for name in c:
         items.append(("$SYS/broker/counters/" + name, str(c[name])))

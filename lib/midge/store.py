@@ -1,0 +1,476 @@
+# Flash persistence: an append-only log of state changes, compacted into a
+# snapshot by write-to-temp + rename (atomic on littlefs and POSIX).
+#
+# File format (docs/STORE.md has the full table):
+#   header  b"MIDG" + version byte + 3 zero bytes
+#   record  u32 length (type + body) | u8 type | body | u32 CRC-32 of all before it
+# Strings in a body are u16 length + bytes, payloads u32 length + bytes.
+#
+# Contracts:
+# - Durability: records are buffered; commit(urgent=True) writes and syncs
+#   them. The connection layer commits after every chunk it handled and
+#   before any reply of that chunk is written, so a PUBACK/PUBREC/SUBACK
+#   leaves only after the state it acknowledges is durable. Records that
+#   back no acknowledgement (QoS 0 retained updates, client acks) may wait
+#   up to store_sync_ms; retained updates of one topic inside that window
+#   are coalesced into one record.
+# - Crash safety: load() stops at the first record that is truncated or
+#   fails its CRC (a torn last write), keeps everything before it, counts
+#   it (store_damaged_records) and rewrites the log by compaction.
+# - Heap: load() reads one record at a time; no step holds the whole file.
+import binascii
+import struct
+
+from . import log
+from .compat import const, OSFS
+from .message import Message
+from .session import Session, AWAIT_ACK, AWAIT_COMP
+
+MAGIC = b"MIDG"
+VERSION = const(1)
+_HEADER = b"MIDG\x01\x00\x00\x00"
+
+# record types
+R_RETAIN = const(1)      # topic, qos, payload (empty payload: cleared)
+R_SESSION = const(2)     # cid: a persistent session exists
+R_SESSION_DEL = const(3)  # cid
+R_SUB = const(4)         # cid, filter, qos
+R_UNSUB = const(5)       # cid, filter
+R_MSG = const(6)         # mid, topic, qos, payload: a message body, stored once
+R_QUEUE = const(7)       # cid, mid, qos: appended to the session queue
+R_DROP = const(8)        # cid: queue head dropped (cap)
+R_SEND = const(9)        # cid, pid: queue head sent, now inflight
+R_INFLIGHT = const(10)   # cid, mid, pid, qos, retain: sent directly, inflight
+R_COMP = const(11)       # cid, pid: PUBREC received, awaiting PUBCOMP
+R_DONE = const(12)       # cid, pid: inflight entry finished
+R_IN2_ADD = const(13)    # cid, pid: inbound QoS 2 awaiting PUBREL
+R_IN2_DEL = const(14)    # cid, pid
+R_WILL = const(15)       # cid, topic, qos, retain, payload: connected with a will
+R_WILL_DEL = const(16)   # cid
+R_INFLIGHT_COMP = const(17)  # cid, pid: (snapshot) inflight awaiting PUBCOMP
+
+_LOG = "midge.log"
+_TMP = "midge.tmp"
+_BUF_FLUSH_BYTES = const(2048)  # deferred records are written at this size at the latest
+
+
+class StoreError(Exception):
+    """A store that cannot be used (wrong magic or version): start-up stops."""
+
+
+def _s16(b):
+    return struct.pack(">H", len(b)) + b
+
+
+def _b32(b):
+    return struct.pack(">I", len(b)) + b
+
+
+class _Reader:
+    """Decodes the fields of one record body."""
+
+    def __init__(self, body):
+        self.b = body
+        self.p = 0
+
+    def u8(self):
+        v = self.b[self.p]
+        self.p += 1
+        return v
+
+    def u16(self):
+        v = (self.b[self.p] << 8) | self.b[self.p + 1]
+        self.p += 2
+        return v
+
+    def u32(self):
+        v = struct.unpack_from(">I", self.b, self.p)[0]
+        self.p += 4
+        return v
+
+    def raw(self, n):
+        v = bytes(self.b[self.p:self.p + n])
+        if len(v) != n:
+            raise ValueError("field runs past the record")
+        self.p += n
+        return v
+
+    def s(self):
+        return str(self.raw(self.u16()), "utf-8")
+
+    def blob(self):
+        return self.raw(self.u32())
+
+
+class Store:
+    def __init__(self, directory, fs=None, max_bytes=262144, sync_ms=1000):
+        self.dir = directory
+        self.fs = fs if fs is not None else OSFS()
+        self.max_bytes = max_bytes      # store_max_bytes
+        self.sync_ms = sync_ms          # store_sync_ms
+        self.path = directory + "/" + _LOG
+        self.tmp = directory + "/" + _TMP
+        self.gen = 1                    # log generation; bumps on compaction
+        self._next_mid = 1
+        self._f = None                  # the log, open for appending
+        self._size = 0                  # bytes in the log file
+        self._buf = bytearray()         # encoded records not yet written
+        self._retain = {}               # topic -> (qos, payload): coalesced retained updates
+        self._urgent = False            # something acknowledged waits in the buffer
+        self._since_ms = -1             # broker ms of the oldest unwritten record
+        # figures for $SYS and the wear report
+        self.bytes_written = 0
+        self.commits = 0
+        self.compactions = 0
+        self.damaged_records = 0
+        self.errors = 0
+        self.opened = False             # False while loading: replay writes no records
+
+    # --- recording (called by the broker as state changes) ---------------------
+
+    def _rec(self, rtype, body):
+        n = len(body) + 1
+        head = struct.pack(">IB", n, rtype)
+        crc = binascii.crc32(body, binascii.crc32(head))
+        buf = self._buf
+        buf.extend(head)
+        buf.extend(body)
+        buf.extend(struct.pack(">I", crc & 0xFFFFFFFF))
+
+    def _cid(self, s):
+        return _s16(s.client_id.encode())
+
+    def _msg_ref(self, msg):
+        """mid of a message, writing its body once per log generation."""
+        if msg.store_gen != self.gen:
+            if msg.store_gen == 0:
+                msg.mid = self._next_mid
+                self._next_mid += 1
+            msg.store_gen = self.gen
+            self._rec(R_MSG, struct.pack(">I", msg.mid) + _s16(msg.topic_bytes)
+                      + bytes((msg.qos,)) + _b32(msg.payload))
+        return msg.mid
+
+    def retain(self, topic, qos, payload):
+        self._retain[topic] = (qos, payload)
+
+    def session(self, s):
+        self._rec(R_SESSION, self._cid(s))
+
+    def session_del(self, s):
+        self._rec(R_SESSION_DEL, self._cid(s))
+
+    def sub(self, s, filt, qos):
+        self._rec(R_SUB, self._cid(s) + _s16(filt.encode()) + bytes((qos,)))
+
+    def unsub(self, s, filt):
+        self._rec(R_UNSUB, self._cid(s) + _s16(filt.encode()))
+
+    def queue(self, s, msg, qos):
+        mid = self._msg_ref(msg)
+        self._rec(R_QUEUE, self._cid(s) + struct.pack(">IB", mid, qos))
+
+    def drop(self, s):
+        self._rec(R_DROP, self._cid(s))
+
+    def send(self, s, pid):
+        self._rec(R_SEND, self._cid(s) + struct.pack(">H", pid))
+
+    def inflight(self, s, msg, pid, qos, retain):
+        mid = self._msg_ref(msg)
+        self._rec(R_INFLIGHT, self._cid(s) + struct.pack(">IHBB", mid, pid, qos, 1 if retain else 0))
+
+    def comp(self, s, pid):
+        self._rec(R_COMP, self._cid(s) + struct.pack(">H", pid))
+
+    def done(self, s, pid):
+        self._rec(R_DONE, self._cid(s) + struct.pack(">H", pid))
+
+    def in2_add(self, s, pid):
+        self._rec(R_IN2_ADD, self._cid(s) + struct.pack(">H", pid))
+
+    def in2_del(self, s, pid):
+        self._rec(R_IN2_DEL, self._cid(s) + struct.pack(">H", pid))
+
+    def will(self, s, msg):
+        self._rec(R_WILL, self._cid(s) + _s16(msg.topic_bytes) + bytes((msg.qos, 1 if msg.retain else 0))
+                  + _b32(msg.payload))
+
+    def will_del(self, s):
+        self._rec(R_WILL_DEL, self._cid(s))
+
+    def urgent(self):
+        """What is buffered backs an acknowledgement about to be sent."""
+        self._urgent = True
+
+    # --- writing -------------------------------------------------------------------
+
+    def pending(self):
+        return bool(self._buf) or bool(self._retain)
+
+    def commit(self, broker, now_ms):
+        """Write and sync buffered records if one backs an acknowledgement,
+        the oldest waited store_sync_ms, or the buffer is large. Then
+        compact if the log passed half of store_max_bytes."""
+        if not self._buf and not self._retain:
+            return
+        if self._since_ms < 0:
+            self._since_ms = now_ms
+        if not (self._urgent or now_ms - self._since_ms >= self.sync_ms
+                or len(self._buf) >= _BUF_FLUSH_BYTES):
+            return
+        self._flush_retain()
+        data = self._buf
+        try:
+            self._f.write(data)
+            self.fs.sync(self._f)
+        except OSError as e:
+            # the state stays in memory; acknowledgements already queued go
+            # out (documented: a full or failing flash loses durability)
+            self.errors += 1
+            log.error("store write failed: %s", e)
+        self._size += len(data)
+        self.bytes_written += len(data)
+        self.commits += 1
+        self._buf = bytearray()
+        self._urgent = False
+        self._since_ms = -1
+        if self._size > self.max_bytes // 2:
+            self.compact(broker)
+            self._fit(broker)
+
+    def _fit(self, broker):
+        """store_max_bytes: while the compacted log is still over half of
+        it, drop the least recently seen offline persistent session."""
+        while self._size > self.max_bytes // 2:
+            victim = None
+            for s in broker.sessions.values():
+                if not s.clean and s.conn is None and (
+                        victim is None or s.last_seen_ms < victim.last_seen_ms):
+                    victim = s
+            if victim is None:
+                log.warning("store: live state of %d bytes is over half of store_max_bytes", self._size)
+                return
+            broker.count("store_evicted")
+            log.info("store full: session %s dropped", victim.client_id)
+            broker.drop_session(victim)
+            self.compact(broker)
+
+    def _flush_retain(self):
+        r = self._retain
+        for topic in r:
+            qos, payload = r[topic]
+            self._rec(R_RETAIN, _s16(topic.encode()) + bytes((qos,)) + _b32(payload))
+        self._retain = {}
+
+    # --- compaction ----------------------------------------------------------------
+
+    def compact(self, broker):
+        """Write the live state as a new log and rename it over the old one.
+        A crash before the rename leaves the old log; after it, the new."""
+        self.gen += 1
+        self._buf = bytearray()
+        self._retain = {}
+        fs = self.fs
+        f = fs.open(self.tmp, "wb")
+        written = 0
+        try:
+            f.write(_HEADER)
+            written += len(_HEADER)
+            for part in self._snapshot(broker):
+                f.write(part)
+                written += len(part)
+            fs.sync(f)
+        finally:
+            f.close()
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+        fs.rename(self.tmp, self.path)
+        self._f = fs.open(self.path, "ab")
+        self._size = written
+        self.bytes_written += written
+        self.compactions += 1
+        log.info("store compacted: %d bytes", written)
+
+    def _snapshot(self, broker):
+        """Yield encoded records of the live state, a few at a time, so the
+        snapshot is never built in memory as a whole."""
+        found = []
+        broker.retained.match(["#"], found)
+        for msg in found:
+            self._rec(R_RETAIN, _s16(msg.topic_bytes) + bytes((msg.qos,)) + _b32(msg.payload))
+            if len(self._buf) >= 512:
+                yield self._take()
+        found = None
+        for s in broker.sessions.values():
+            if s.clean:
+                continue
+            self.session(s)
+            for filt in s.subs:
+                self.sub(s, filt, s.subs[filt])
+            if s.will is not None:
+                self.will(s, s.will)
+            for e in s.inflight:
+                if e[4] == AWAIT_COMP:
+                    self._rec(R_INFLIGHT_COMP, self._cid(s) + struct.pack(">H", e[0]))
+                else:
+                    self.inflight(s, e[1], e[0], e[2], e[3])
+            for msg, qos in s.queue:
+                self.queue(s, msg, qos)
+            for pid in s.in_qos2:
+                self.in2_add(s, pid)
+            yield self._take()
+        if self._buf:
+            yield self._take()
+
+    def _take(self):
+        b = self._buf
+        self._buf = bytearray()
+        return b
+
+    # --- loading -------------------------------------------------------------------
+
+    def open(self, broker):
+        """Load the log (if any) into the broker, then open it for
+        appending. Called once, before the listener starts."""
+        fs = self.fs
+        fs.mkdir(self.dir)
+        fs.remove(self.tmp)  # a compaction that did not reach its rename
+        wills = []
+        if fs.size(self.path) > 0:
+            good, total, records = self._load(broker, wills)
+            log.info("store %s: %d records, %d bytes loaded", self.path, records, good)
+            if good < total:
+                self.damaged_records += 1
+                log.warning("store: damaged tail of %d bytes discarded (torn write)", total - good)
+            self.compact(broker)  # a clean log without dead records or damage
+            self._fit(broker)
+        else:
+            f = fs.open(self.path, "wb")
+            f.write(_HEADER)
+            fs.sync(f)
+            f.close()
+            self._size = len(_HEADER)
+            self._f = fs.open(self.path, "ab")
+        self.opened = True
+        return wills
+
+    def _load(self, broker, wills):
+        """Replay records; returns (bytes of good records, file size, count)."""
+        fs = self.fs
+        total = fs.size(self.path)
+        f = fs.open(self.path, "rb")
+        try:
+            head = f.read(8)
+            if len(head) < 8 or head[:4] != MAGIC:
+                raise StoreError("%s is not a midge store (bad magic)" % self.path)
+            if head[4] != VERSION:
+                raise StoreError("%s has store version %d; this midge reads version %d"
+                                 % (self.path, head[4], VERSION))
+            pos = 8
+            count = 0
+            msgs = {}
+            online = {}
+            while True:
+                hdr = f.read(5)
+                if len(hdr) < 5:
+                    break
+                n, rtype = struct.unpack(">IB", hdr)
+                if n < 1 or pos + 4 + n + 4 > total:
+                    break  # torn: length runs past the end
+                body = f.read(n - 1)
+                crc = f.read(4)
+                if len(body) != n - 1 or len(crc) != 4:
+                    break
+                if binascii.crc32(body, binascii.crc32(hdr)) & 0xFFFFFFFF != struct.unpack(">I", crc)[0]:
+                    break
+                try:
+                    self._apply(broker, rtype, _Reader(body), msgs, online)
+                except (ValueError, IndexError, KeyError, UnicodeError) as e:
+                    log.warning("store: record %d (type %d) not applied: %r", count, rtype, e)
+                    break
+                pos += 4 + n + 4
+                count += 1
+        finally:
+            f.close()
+        for cid in online:
+            s = broker.sessions.get(cid)
+            if s is not None:
+                wills.append(online[cid])
+        return pos, total, count
+
+    def _apply(self, broker, rtype, r, msgs, online):
+        if rtype == R_RETAIN:
+            topic = r.s()
+            qos = r.u8()
+            payload = r.blob()
+            broker.restore_retained(Message(topic, payload, qos, True))
+            return
+        if rtype == R_MSG:
+            mid = r.u32()
+            topic = r.s()
+            qos = r.u8()
+            msg = Message(topic, r.blob(), qos, False)
+            msg.mid = mid
+            msg.store_gen = self.gen
+            msgs[mid] = msg
+            if mid >= self._next_mid:
+                self._next_mid = mid + 1
+            return
+        cid = r.s()
+        if rtype == R_SESSION:
+            if cid not in broker.sessions:
+                broker.sessions[cid] = Session(cid, False, broker.now_ms())
+            return
+        s = broker.sessions[cid]
+        if rtype == R_SESSION_DEL:
+            broker.drop_session(s)
+            online.pop(cid, None)
+        elif rtype == R_SUB:
+            filt = r.s()
+            broker.restore_sub(s, filt, r.u8())
+        elif rtype == R_UNSUB:
+            broker.restore_unsub(s, r.s())
+        elif rtype == R_QUEUE:
+            msg = msgs[r.u32()]
+            broker.restore_queue(s, msg, r.u8())
+        elif rtype == R_DROP:
+            broker.restore_dequeue(s)
+        elif rtype == R_SEND:
+            msg, qos = broker.restore_dequeue(s)
+            s.inflight.append([r.u16(), msg, qos, False, AWAIT_ACK])
+        elif rtype == R_INFLIGHT:
+            msg = msgs[r.u32()]
+            pid = r.u16()
+            qos = r.u8()
+            s.inflight.append([pid, msg, qos, bool(r.u8()), AWAIT_ACK])
+        elif rtype == R_INFLIGHT_COMP:
+            s.inflight.append([r.u16(), None, 2, False, AWAIT_COMP])
+        elif rtype == R_COMP:
+            e = s.find_inflight(r.u16())
+            if e is not None:
+                e[4] = AWAIT_COMP
+                e[1] = None
+        elif rtype == R_DONE:
+            e = s.find_inflight(r.u16())
+            if e is not None:
+                s.inflight.remove(e)
+        elif rtype == R_IN2_ADD:
+            s.in_qos2.add(r.u16())
+        elif rtype == R_IN2_DEL:
+            s.in_qos2.discard(r.u16())
+        elif rtype == R_WILL:
+            topic = r.s()
+            qos = r.u8()
+            retain = bool(r.u8())
+            online[cid] = Message(topic, r.blob(), qos, retain)
+        elif rtype == R_WILL_DEL:
+            online.pop(cid, None)
+        else:
+            raise ValueError("unknown record type %d" % rtype)
+
+    def close(self):
+        if self._f is not None:
+            self._f.close()
+            self._f = None
