@@ -104,6 +104,7 @@ class Broker:
             self.publish(will)
         for s in self.sessions.values():
             s.last_seen_ms = self.uptime_ms
+        st.urgent()
         self.commit()
 
     def close(self):

@@ -51,6 +51,10 @@ class Retained:
         """Append every retained message matching a filter to `out`."""
         _collect(self._root, filter_levels, 0, out, True)
 
+    def all(self, out):
+        """Append every retained message, '$' topics included."""
+        _collect_all(self._root, out)
+
     def _clear(self, levels, exempt):
         node, path = trie.find_path(self._root, levels)
         if node is None or node.value is None:

@@ -25,6 +25,7 @@ from . import log
 from .compat import const, OSFS
 from .message import Message
 from .session import Session, AWAIT_ACK, AWAIT_COMP
+from .topics import is_sys_reserved
 
 MAGIC = b"MIDG"
 VERSION = const(1)
@@ -297,8 +298,10 @@ class Store:
         """Yield encoded records of the live state, a few at a time, so the
         snapshot is never built in memory as a whole."""
         found = []
-        broker.retained.match(["#"], found)
+        broker.retained.all(found)
         for msg in found:
+            if is_sys_reserved(msg.topic):
+                continue  # $SYS is the broker's own, rebuilt at start
             self._rec(R_RETAIN, _s16(msg.topic_bytes) + bytes((msg.qos,)) + _b32(msg.payload))
             if len(self._buf) >= 512:
                 yield self._take()
