@@ -43,10 +43,10 @@ def micropython():
 class Client:
     """A minimal blocking client: enough to connect, subscribe, publish."""
 
-    def __init__(self, port, client_id, keepalive=0):
+    def __init__(self, port, client_id, keepalive=0, clean=True):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
         self.buf = b""
-        self.sock.sendall(mqttspec.connect(client_id=client_id, clean=True, keepalive=keepalive))
+        self.sock.sendall(mqttspec.connect(client_id=client_id, clean=clean, keepalive=keepalive))
         pkt = self.recv_packet()
         if pkt["type"] != "connack" or pkt["rc"] != 0:
             raise RuntimeError("CONNECT refused: %r" % pkt)

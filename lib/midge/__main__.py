@@ -115,6 +115,10 @@ def main(argv):
     except KeyboardInterrupt:
         log.info("stopped")
     except Exception as e:  # e.g. StoreError: a store this midge cannot read
+        from .store import StoreError
+        if not isinstance(e, StoreError):
+            from .compat import print_exception
+            print_exception(e)
         sys.stderr.write("midge: %s\n" % e)
         sys.exit(1)
 

@@ -24,6 +24,7 @@ from .retained import Retained
 from .session import Session, PID, MSG, QOS, RETAIN, STATE, AWAIT_ACK, AWAIT_COMP
 from .subscriptions import Subscriptions
 from . import topics
+from . import sys_topics  # imported up front: compiling it later needs heap a full broker may not have
 
 VERSION = "0.1.0"
 
@@ -40,6 +41,8 @@ COUNTERS = (
 
 
 class Broker:
+    VERSION = VERSION
+
     def __init__(self, cfg, clock=ticks_ms, store=None):
         self.cfg = cfg
         self.store = store          # store.Store, or None: memory only
@@ -90,7 +93,7 @@ class Broker:
         The connection layer calls this after each chunk it handled (before
         any reply of it is written), the server after each tick."""
         st = self.store
-        if st is not None and st.pending():
+        if st is not None:
             st.commit(self, self.uptime_ms)
 
     def restore(self):
@@ -104,14 +107,13 @@ class Broker:
             self.publish(will)
         for s in self.sessions.values():
             s.last_seen_ms = self.uptime_ms
-        st.urgent()
         self.commit()
 
     def close(self):
         """Clean stop: write everything buffered, close the store."""
         st = self.store
         if st is not None:
-            st.urgent()
+            st.sync_ms = 0  # write everything now
             self.commit()
             st.close()
 
@@ -501,7 +503,8 @@ class Broker:
                 self.count("topic_limit")
                 codes.append(SUBACK_FAILURE)
                 continue
-            if filt not in s.subs and len(s.subs) >= cfg["max_subscriptions"]:
+            if filt not in s.subs and (len(s.subs) >= cfg["max_subscriptions"]
+                                       or self.subs.count >= cfg["max_subscriptions_total"]):
                 self.count("subscriptions_refused")
                 codes.append(SUBACK_FAILURE)
                 continue
@@ -563,7 +566,6 @@ class Broker:
         interval = self.cfg["sys_interval_s"]
         if interval and up >= self._next_sys_ms:
             self._next_sys_ms = up + interval * 1000
-            from . import sys_topics
             sys_topics.publish_all(self)
 
     def uptime_s(self):

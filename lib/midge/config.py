@@ -64,6 +64,10 @@ SPEC = {
     # Filters per session. A filter past the cap gets SUBACK 0x80 (counter:
     # subscriptions_refused); re-subscribing an existing filter always works.
     "max_subscriptions": (16, 1, 100000),
+    # Filters over all sessions, so that max_sessions x max_subscriptions
+    # need not fit the heap (each costs a few hundred bytes of trie);
+    # past it a new filter gets SUBACK 0x80 (counter: subscriptions_refused).
+    "max_subscriptions_total": (128, 1, 10000000),
     # --- messages and topics -------------------------------------------------
     # Whole packet, fixed header included. A larger packet closes the
     # connection as soon as its length field is read (counter:

@@ -165,6 +165,7 @@ class Connection:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            self.broker.commit()  # e.g. records of a pump() after the last drain
             out = self._out
             data = out[0] if len(out) == 1 else b"".join(out)
             self._out = []

@@ -42,11 +42,9 @@ def handle(broker, conn, first, buf, start, end):
     elif ptype == SUBSCRIBE:
         pid, requests = codec.decode_subscribe(flags, buf, start, end)
         broker.subscribe(s, pid, requests)
-        _urgent(broker)  # SUBACK after the subscription is durable
     elif ptype == UNSUBSCRIBE:
         pid, filters = codec.decode_unsubscribe(flags, buf, start, end)
         broker.unsubscribe(s, pid, filters)
-        _urgent(broker)
     elif ptype == PINGREQ:
         codec.check_empty(flags, start, end)
         conn.send(codec.PINGRESP)  # [MQTT-3.12.4-1]
@@ -93,17 +91,8 @@ def _publish(broker, conn, s, flags, buf, start, end):
         broker.count("sys_publish_dropped")
     else:
         broker.publish(msg)
-    if qos:
-        _urgent(broker)  # the acknowledgement waits for the store
     if qos == 1:
         conn.send(codec.puback(pid))  # [MQTT-4.3.2-2]
     elif qos == 2:
         conn.send(codec.pubrec(pid))  # [MQTT-4.3.3-2]
 
-
-def _urgent(broker):
-    """What the store buffered must be durable before the acknowledgement
-    now queued on the connection is written (Broker.commit)."""
-    st = broker.store
-    if st is not None:
-        st.urgent()

@@ -5,7 +5,7 @@ import asyncio
 
 from . import log
 from .broker import Broker, VERSION
-from .compat import const, ticks_ms, ticks_diff, set_nodelay, mem_free, sleep_ms, MICROPYTHON
+from .compat import const, ticks_ms, ticks_diff, set_nodelay, mem_free, sleep_ms, print_exception, MICROPYTHON
 from .connection import Connection
 
 _TICK_MS = const(250)
@@ -36,7 +36,12 @@ class Server:
         try:
             while not self.stopping:
                 await sleep_ms(_TICK_MS)
-                self.tick()
+                try:
+                    self.tick()
+                except Exception as e:  # housekeeping must never stop the broker
+                    self.broker.count("internal_errors")
+                    log.error("tick failed: %r", e)
+                    print_exception(e)
                 if self.on_tick is not None:
                     self.on_tick()
         finally:

@@ -7,13 +7,14 @@
 # Strings in a body are u16 length + bytes, payloads u32 length + bytes.
 #
 # Contracts:
-# - Durability: records are buffered; commit(urgent=True) writes and syncs
-#   them. The connection layer commits after every chunk it handled and
-#   before any reply of that chunk is written, so a PUBACK/PUBREC/SUBACK
-#   leaves only after the state it acknowledges is durable. Records that
-#   back no acknowledgement (QoS 0 retained updates, client acks) may wait
-#   up to store_sync_ms; retained updates of one topic inside that window
-#   are coalesced into one record.
+# - Durability: records are buffered; Broker.commit() runs after every
+#   chunk a connection handled and before every socket write, and writes
+#   and syncs the buffer whenever it holds an urgent record, so a
+#   PUBACK/PUBREC/SUBACK (or a PUBLISH/PUBREL whose sending is recorded)
+#   leaves only after the state it stands for is durable. Records that back
+#   nothing a client was told (QoS 0 retained updates, a client's PUBACK or
+#   PUBCOMP, a queue drop) may wait up to store_sync_ms; retained updates of
+#   one topic inside that window are coalesced into one record.
 # - Crash safety: load() stops at the first record that is truncated or
 #   fails its CRC (a torn last write), keeps everything before it, counts
 #   it (store_damaged_records) and rewrites the log by compaction.
@@ -129,7 +130,13 @@ class Store:
 
     # --- recording (called by the broker as state changes) ---------------------
 
-    def _rec(self, rtype, body):
+    def _rec(self, rtype, body, urgent=True):
+        """Buffer one record. Urgent records (the default) are written
+        before the next byte goes out to any client (Broker.commit is
+        called before every socket write); the others may wait up to
+        store_sync_ms: they back nothing a client was told."""
+        if urgent:
+            self._urgent = True
         n = len(body) + 1
         head = struct.pack(">IB", n, rtype)
         crc = binascii.crc32(body, binascii.crc32(head))
@@ -141,10 +148,13 @@ class Store:
     def _cid(self, s):
         return _s16(s.client_id.encode())
 
-    def _msg_ref(self, msg):
-        """mid of a message, writing its body once per log generation."""
-        if msg.store_gen != self.gen:
-            if msg.store_gen == 0:
+    def _msg_ref(self, msg, fresh=False):
+        """mid of a message, writing its body once per log generation.
+        `fresh` writes it again under a new mid: a retained message can be
+        referenced again long after its earlier references were all
+        released, and loading forgets a body nobody refers to any more."""
+        if msg.store_gen != self.gen or fresh:
+            if msg.store_gen == 0 or fresh:
                 msg.mid = self._next_mid
                 self._next_mid += 1
             msg.store_gen = self.gen
@@ -153,7 +163,11 @@ class Store:
         return msg.mid
 
     def retain(self, topic, qos, payload):
+        """Retained updates are coalesced per topic until written; a QoS 1/2
+        one is urgent (its PUBACK/PUBREC waits for it)."""
         self._retain[topic] = (qos, payload)
+        if qos:
+            self._urgent = True
 
     def session(self, s):
         self._rec(R_SESSION, self._cid(s))
@@ -172,20 +186,22 @@ class Store:
         self._rec(R_QUEUE, self._cid(s) + struct.pack(">IB", mid, qos))
 
     def drop(self, s):
-        self._rec(R_DROP, self._cid(s))
+        self._rec(R_DROP, self._cid(s), False)
 
     def send(self, s, pid):
         self._rec(R_SEND, self._cid(s) + struct.pack(">H", pid))
 
     def inflight(self, s, msg, pid, qos, retain):
-        mid = self._msg_ref(msg)
+        mid = self._msg_ref(msg, retain)  # retain: sent from the retained store
         self._rec(R_INFLIGHT, self._cid(s) + struct.pack(">IHBB", mid, pid, qos, 1 if retain else 0))
 
     def comp(self, s, pid):
         self._rec(R_COMP, self._cid(s) + struct.pack(">H", pid))
 
     def done(self, s, pid):
-        self._rec(R_DONE, self._cid(s) + struct.pack(">H", pid))
+        # lost in a crash: the message is resent (QoS 1 allows it) or its
+        # PUBREL is (QoS 2: the client answers PUBCOMP again)
+        self._rec(R_DONE, self._cid(s) + struct.pack(">H", pid), False)
 
     def in2_add(self, s, pid):
         self._rec(R_IN2_ADD, self._cid(s) + struct.pack(">H", pid))
@@ -200,9 +216,6 @@ class Store:
     def will_del(self, s):
         self._rec(R_WILL_DEL, self._cid(s))
 
-    def urgent(self):
-        """What is buffered backs an acknowledgement about to be sent."""
-        self._urgent = True
 
     # --- writing -------------------------------------------------------------------
 
@@ -214,6 +227,7 @@ class Store:
         the oldest waited store_sync_ms, or the buffer is large. Then
         compact if the log passed half of store_max_bytes."""
         if not self._buf and not self._retain:
+            self._urgent = False
             return
         if self._since_ms < 0:
             self._since_ms = now_ms
@@ -225,14 +239,14 @@ class Store:
         try:
             self._f.write(data)
             self.fs.sync(self._f)
+            self._size += len(data)
+            self.bytes_written += len(data)
+            self.commits += 1
         except OSError as e:
             # the state stays in memory; acknowledgements already queued go
             # out (documented: a full or failing flash loses durability)
             self.errors += 1
             log.error("store write failed: %s", e)
-        self._size += len(data)
-        self.bytes_written += len(data)
-        self.commits += 1
         self._buf = bytearray()
         self._urgent = False
         self._since_ms = -1
@@ -292,40 +306,45 @@ class Store:
         self._size = written
         self.bytes_written += written
         self.compactions += 1
+        self._urgent = False  # the snapshot's own records are written
+        self._since_ms = -1
         log.info("store compacted: %d bytes", written)
 
     def _snapshot(self, broker):
-        """Yield encoded records of the live state, a few at a time, so the
-        snapshot is never built in memory as a whole."""
+        """Yield the live state as encoded records, one at a time: the
+        snapshot is never built in memory, and no buffer grows (a growing
+        buffer needs ever larger free blocks in a fragmented device heap)."""
         found = []
         broker.retained.all(found)
         for msg in found:
             if is_sys_reserved(msg.topic):
                 continue  # $SYS is the broker's own, rebuilt at start
             self._rec(R_RETAIN, _s16(msg.topic_bytes) + bytes((msg.qos,)) + _b32(msg.payload))
-            if len(self._buf) >= 512:
-                yield self._take()
+            yield self._take()
         found = None
-        for s in broker.sessions.values():
+        for s in list(broker.sessions.values()):
             if s.clean:
                 continue
             self.session(s)
+            yield self._take()
             for filt in s.subs:
                 self.sub(s, filt, s.subs[filt])
+                yield self._take()
             if s.will is not None:
                 self.will(s, s.will)
+                yield self._take()
             for e in s.inflight:
                 if e[4] == AWAIT_COMP:
                     self._rec(R_INFLIGHT_COMP, self._cid(s) + struct.pack(">H", e[0]))
                 else:
                     self.inflight(s, e[1], e[0], e[2], e[3])
+                yield self._take()
             for msg, qos in s.queue:
                 self.queue(s, msg, qos)
+                yield self._take()
             for pid in s.in_qos2:
                 self.in2_add(s, pid)
-            yield self._take()
-        if self._buf:
-            yield self._take()
+                yield self._take()
 
     def _take(self):
         b = self._buf
@@ -350,12 +369,7 @@ class Store:
             self.compact(broker)  # a clean log without dead records or damage
             self._fit(broker)
         else:
-            f = fs.open(self.path, "wb")
-            f.write(_HEADER)
-            fs.sync(f)
-            f.close()
-            self._size = len(_HEADER)
-            self._f = fs.open(self.path, "ab")
+            self.compact(broker)  # a new log, created by rename like any other
         self.opened = True
         return wills
 
@@ -366,6 +380,8 @@ class Store:
         f = fs.open(self.path, "rb")
         try:
             head = f.read(8)
+            if len(head) < 8 and MAGIC.startswith(head[:4]):
+                return 0, total, 0  # torn header: nothing was ever stored after it
             if len(head) < 8 or head[:4] != MAGIC:
                 raise StoreError("%s is not a midge store (bad magic)" % self.path)
             if head[4] != VERSION:
@@ -417,7 +433,7 @@ class Store:
             msg = Message(topic, r.blob(), qos, False)
             msg.mid = mid
             msg.store_gen = self.gen
-            msgs[mid] = msg
+            msgs[mid] = [msg, 0]  # [message, references from queues and inflight windows]
             if mid >= self._next_mid:
                 self._next_mid = mid + 1
             return
@@ -428,6 +444,10 @@ class Store:
             return
         s = broker.sessions[cid]
         if rtype == R_SESSION_DEL:
+            for msg, qos in s.queue:
+                _unref(msgs, msg)
+            for e in s.inflight:
+                _unref(msgs, e[1])
             broker.drop_session(s)
             online.pop(cid, None)
         elif rtype == R_SUB:
@@ -436,15 +456,16 @@ class Store:
         elif rtype == R_UNSUB:
             broker.restore_unsub(s, r.s())
         elif rtype == R_QUEUE:
-            msg = msgs[r.u32()]
+            msg = _ref(msgs, r.u32())
             broker.restore_queue(s, msg, r.u8())
         elif rtype == R_DROP:
-            broker.restore_dequeue(s)
+            msg, qos = broker.restore_dequeue(s)
+            _unref(msgs, msg)
         elif rtype == R_SEND:
             msg, qos = broker.restore_dequeue(s)
             s.inflight.append([r.u16(), msg, qos, False, AWAIT_ACK])
         elif rtype == R_INFLIGHT:
-            msg = msgs[r.u32()]
+            msg = _ref(msgs, r.u32())
             pid = r.u16()
             qos = r.u8()
             s.inflight.append([pid, msg, qos, bool(r.u8()), AWAIT_ACK])
@@ -454,11 +475,13 @@ class Store:
             e = s.find_inflight(r.u16())
             if e is not None:
                 e[4] = AWAIT_COMP
+                _unref(msgs, e[1])
                 e[1] = None
         elif rtype == R_DONE:
             e = s.find_inflight(r.u16())
             if e is not None:
                 s.inflight.remove(e)
+                _unref(msgs, e[1])
         elif rtype == R_IN2_ADD:
             s.in_qos2.add(r.u16())
         elif rtype == R_IN2_DEL:
@@ -477,3 +500,23 @@ class Store:
         if self._f is not None:
             self._f.close()
             self._f = None
+
+
+# Loading keeps a message body only while a queue or inflight window refers
+# to it, so a log full of delivered messages loads in the heap of the live
+# state, not of everything the log ever held.
+
+def _ref(msgs, mid):
+    e = msgs[mid]
+    e[1] += 1
+    return e[0]
+
+
+def _unref(msgs, msg):
+    if msg is None:
+        return
+    e = msgs.get(msg.mid)
+    if e is not None:
+        e[1] -= 1
+        if e[1] <= 0:
+            del msgs[msg.mid]

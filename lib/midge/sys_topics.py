@@ -9,10 +9,9 @@ from .message import Message
 def snapshot(broker):
     """[(topic, payload str)] of every $SYS value. Collects garbage first so
     the heap figures are comparable from one interval to the next."""
-    from .broker import VERSION
     gc.collect()
     items = [
-        ("$SYS/broker/version", "midge " + VERSION),
+        ("$SYS/broker/version", "midge " + broker.VERSION),
         ("$SYS/broker/uptime", str(broker.uptime_s())),
         ("$SYS/broker/clients/connected", str(broker.online)),
         ("$SYS/broker/clients/total", str(len(broker.sessions))),

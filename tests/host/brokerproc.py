@@ -12,6 +12,13 @@
 # survive every input a client can send), one that ignored SIGTERM, and one
 # that logged a Python traceback (an internal error; env
 # MIDGE_TEST_ALLOW_TRACEBACKS=1 turns that check off).
+#
+# Restart tests (a store_dir in the config): sigkill() ends the broker like a
+# crash or power cut, sigterm() like a service stop (a clean stop on CPython;
+# the MicroPython unix port has no signal module, so there it is a crash
+# too), and restart() starts it again on the same port, config and store.
+# Each earlier run's log is kept as broker.log.<run>; stop() checks all of
+# them for tracebacks.
 import json
 import os
 import shutil
@@ -68,6 +75,9 @@ class BrokerProc:
         self.logpath = os.path.join(str(self.workdir), "broker.log")
         self._log = None
         self.clients = []
+        self.runs = 0            # start()s so far
+        self.old_logs = []       # logs of earlier runs (restart())
+        self.ended = False       # the current run was ended by sigkill()/sigterm()
 
     def command(self):
         args = ["-m", "midge", "--host", self.host, "--port", str(self.port)]
@@ -90,6 +100,8 @@ class BrokerProc:
     def start(self, timeout=10.0):
         os.makedirs(str(self.workdir), exist_ok=True)
         cmd, env = self.command()
+        self.runs += 1
+        self.ended = False
         self._log = open(self.logpath, "wb")
         self._log.write(("$ " + " ".join(cmd) + "\n").encode())
         self._log.flush()
@@ -162,6 +174,63 @@ class BrokerProc:
             self.proc.kill()
             self.proc.wait()
 
+    def _end(self, sig, timeout):
+        """Send `sig`, wait for the exit, then close the clients (they are
+        still connected when the signal arrives, as at a real crash); the
+        run counts as ended on purpose (stop() does not report it). Returns
+        the exit status (negative: the signal)."""
+        if self.proc is None:
+            raise BrokerError("broker was never started")
+        if self.proc.poll() is not None and not self.ended:
+            raise BrokerError("broker process died unexpectedly (status %s); log tail:\n%s" % (
+                self.proc.returncode, self.log_tail()))
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise BrokerError("broker did not exit within %.0f s of signal %d; log tail:\n%s"
+                                  % (timeout, sig, self.log_tail()))
+        self.ended = True
+        for c in self.clients:
+            c.close()
+        self.clients = []
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return self.proc.returncode
+
+    def sigkill(self):
+        """SIGKILL: a crash or power cut, nothing is flushed. Returns the
+        exit status."""
+        return self._end(signal.SIGKILL, 5.0)
+
+    def sigterm(self, timeout=5.0):
+        """SIGTERM and wait: a clean stop on CPython; on the MicroPython
+        unix port (no signal module) the process dies at once, like a
+        crash. Returns the exit status."""
+        return self._end(signal.SIGTERM, timeout)
+
+    def restart(self, timeout=10.0):
+        """Start the broker again on the same port, config and workdir (so
+        the same store_dir) after sigkill()/sigterm() (a running broker is
+        SIGKILLed first). The finished run's log moves to broker.log.<run>."""
+        if self.alive():
+            self.sigkill()
+        elif self.proc is not None and not self.ended:
+            raise BrokerError("broker process died unexpectedly (status %s); log tail:\n%s" % (
+                self.proc.returncode, self.log_tail()))
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if os.path.exists(self.logpath):
+            old = "%s.%d" % (self.logpath, self.runs)
+            os.replace(self.logpath, old)
+            self.old_logs.append(old)
+        return self.start(timeout)
+
     def stop(self):
         """SIGTERM and wait. Returns an error string if the broker died on its
         own before this call, or did not stop on SIGTERM; else None."""
@@ -171,7 +240,9 @@ class BrokerProc:
         if self.proc is None:
             return None
         err = None
-        if self.proc.poll() is not None:
+        if self.ended:
+            pass  # sigkill()/sigterm() ended it on purpose
+        elif self.proc.poll() is not None:
             err = "broker process died unexpectedly (status %s); log tail:\n%s" % (
                 self.proc.returncode, self.log_tail())
         else:
@@ -192,10 +263,16 @@ class BrokerProc:
     def traceback_error(self):
         """A broker that survives but logs a traceback hit an internal error
         (an exception its error handling did not expect): report it."""
-        text = self.log()
-        i = text.find("Traceback (most recent call last)")
-        if i < 0:
-            return None
-        start = text.rfind("\n", 0, max(i - 1, 0)) + 1
-        return ("broker logged a traceback (internal error; env MIDGE_TEST_ALLOW_TRACEBACKS=1 "
-                "ignores it):\n%s" % "\n".join(text[start:].splitlines()[:30]))
+        for path in self.old_logs + [self.logpath]:
+            try:
+                with open(path, "rb") as f:
+                    text = f.read().decode("utf-8", "replace")
+            except OSError:
+                continue
+            i = text.find("Traceback (most recent call last)")
+            if i < 0:
+                continue
+            start = text.rfind("\n", 0, max(i - 1, 0)) + 1
+            return ("broker logged a traceback (internal error; env MIDGE_TEST_ALLOW_TRACEBACKS=1 "
+                    "ignores it) in %s:\n%s" % (path, "\n".join(text[start:].splitlines()[:30])))
+        return None
