@@ -8,7 +8,8 @@
 #   HOST=127.0.0.1       address to listen on
 #   PORT=1883            TCP port
 #   INTERP=micropython   micropython: unix port with -X heapsize=<unix_heapsize
-#                        of the board>, the closest thing to the device here;
+#                        of the board> on the .mpy bundle (tools/build_mpy.py),
+#                        the closest thing to the device here;
 #                        cpython: .venv/bin/python (debugging)
 #   HEAPSIZE=...         override the board's unix_heapsize (micropython only)
 #   MIDGE_SKIP_SETUP=1   do not run tools/setup.sh first
@@ -37,9 +38,11 @@ case "$INTERP" in
         if [ -z "${HEAPSIZE:-}" ]; then
             HEAPSIZE=$(.venv/bin/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["unix_heapsize"])' "$board_json")
         fi
-        echo "run: midge on MicroPython, board $BOARD, -X heapsize=$HEAPSIZE, $HOST:$PORT" >&2
+        # the compiled bundle, as a board runs it (tools/build_mpy.py)
+        bundle=$(.venv/bin/python tools/build_mpy.py)
+        echo "run: midge on MicroPython (.mpy bundle), board $BOARD, -X heapsize=$HEAPSIZE, $HOST:$PORT" >&2
         # exec: the broker gets SIGINT/SIGTERM directly (Ctrl-C stops it).
-        MICROPYPATH=.frozen:lib exec .venv/bin/micropython -X "heapsize=$HEAPSIZE" \
+        MICROPYPATH=".frozen:$bundle" exec .venv/bin/micropython -X "heapsize=$HEAPSIZE" \
             -m midge --board "$BOARD" --host "$HOST" --port "$PORT" "$@"
         ;;
     cpython)

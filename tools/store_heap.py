@@ -25,8 +25,10 @@ from heap_report import ROOT, Client, SysWatcher, free_port, micropython, mqttsp
 
 
 def start(port, board, heapsize, store, cfg_path, logfile):
-    """Start the broker; wait until it accepts connections."""
-    env = dict(os.environ, MICROPYPATH=".frozen:" + os.path.join(ROOT, "lib"))
+    """Start the broker (the .mpy bundle, as a board runs it); wait until it
+    accepts connections."""
+    import build_mpy
+    env = dict(os.environ, MICROPYPATH=".frozen:" + build_mpy.build())
     proc = subprocess.Popen([micropython(), "-X", "heapsize=" + heapsize, "-m", "midge",
                              "--board", board, "--port", str(port), "--store", store,
                              "--config", cfg_path], env=env, cwd=ROOT,
@@ -123,7 +125,7 @@ def measure(board_name):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    store_bytes = os.path.getsize(os.path.join(full_dir, "midge.log"))
+    store_bytes = sum(os.path.getsize(os.path.join(full_dir, n)) for n in os.listdir(full_dir))
     t0 = time.time()
     proc = start(port, board_name, heap, full_dir, cfg_path, logfile)
     load_s = time.time() - t0

@@ -76,20 +76,6 @@ def parse_args(argv):
     return cli, board, config_path
 
 
-def _stop_on_sigterm():
-    """SIGTERM stops like SIGINT (the store is flushed and closed). The
-    MicroPython unix port has no signal module: there SIGTERM ends the
-    process at once, which the store survives like any crash."""
-    try:
-        import signal
-    except ImportError:
-        return
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt()
-    signal.signal(signal.SIGTERM, stop)
-
-
 def main(argv):
     try:
         cli, board, config_path = parse_args(argv)
@@ -108,7 +94,6 @@ def main(argv):
                  cfg["store_max_bytes"], cfg["store_sync_ms"])
     else:
         log.info("state is kept in memory only (no store configured)")
-    _stop_on_sigterm()
     from . import serve
     try:
         serve(cfg)

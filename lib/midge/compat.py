@@ -149,3 +149,15 @@ class OSFS:
             os.fsync(f.fileno())
         except (AttributeError, ImportError, OSError):
             pass
+
+
+def on_sigterm(callback):
+    """Call callback() on SIGTERM, from the running event loop (CPython).
+    The MicroPython unix port has no signal module: there SIGTERM ends the
+    process at once, which the store survives like any crash."""
+    try:
+        import signal
+        import asyncio
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, callback)
+    except (ImportError, AttributeError, NotImplementedError, RuntimeError):
+        pass

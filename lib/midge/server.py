@@ -5,7 +5,7 @@ import asyncio
 
 from . import log
 from .broker import Broker, VERSION
-from .compat import const, ticks_ms, ticks_diff, set_nodelay, mem_free, sleep_ms, print_exception, MICROPYTHON
+from .compat import const, ticks_ms, ticks_diff, set_nodelay, mem_free, sleep_ms, print_exception, on_sigterm, MICROPYTHON
 from .connection import Connection
 
 _TICK_MS = const(250)
@@ -26,9 +26,14 @@ class Server:
         self.conns = []  # open Connections; len() <= max_clients
         self.stopping = False
 
+    def stop(self):
+        """Stop at the next tick; run() then closes the listener and the store."""
+        self.stopping = True
+
     async def run(self):
         cfg = self.cfg
         self.broker.restore()
+        on_sigterm(self.stop)
         srv = await asyncio.start_server(self._accept, cfg["host"], cfg["port"])
         log.info("midge %s listening on %s:%d (%s, max_clients=%d, free heap %d)",
                  VERSION, cfg["host"], cfg["port"],
@@ -48,6 +53,7 @@ class Server:
             srv.close()
             await srv.wait_closed()
             self.broker.close()
+            log.info("stopped")
 
     async def _accept(self, reader, writer):
         if len(self.conns) >= self.cfg["max_clients"]:

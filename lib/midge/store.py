@@ -51,9 +51,11 @@ R_WILL = const(15)       # cid, topic, qos, retain, payload: connected with a wi
 R_WILL_DEL = const(16)   # cid
 R_INFLIGHT_COMP = const(17)  # cid, pid: (snapshot) inflight awaiting PUBCOMP
 
-_LOG = "midge.log"
-_TMP = "midge.tmp"
+_SNAP = "midge.snap"   # snapshot: header + base sequence number + records
+_TMP = "midge.tmp"     # snapshot being written; renamed over _SNAP when complete
+_SEG = "midge."        # + decimal sequence number: one journal segment per commit
 _BUF_FLUSH_BYTES = const(2048)  # deferred records are written at this size at the latest
+_MAX_SEGMENTS = const(64)       # compact after this many commits at the latest
 
 
 class StoreError(Exception):
@@ -110,12 +112,14 @@ class Store:
         self.fs = fs if fs is not None else OSFS()
         self.max_bytes = max_bytes      # store_max_bytes
         self.sync_ms = sync_ms          # store_sync_ms
-        self.path = directory + "/" + _LOG
+        self.snap = directory + "/" + _SNAP
         self.tmp = directory + "/" + _TMP
         self.gen = 1                    # log generation; bumps on compaction
         self._next_mid = 1
-        self._f = None                  # the log, open for appending
-        self._size = 0                  # bytes in the log file
+        self.base = 0                   # first journal segment after the snapshot
+        self.seq = 0                    # next journal segment to write
+        self._snap_size = 0             # bytes in the snapshot file
+        self._journal = 0               # bytes in journal segments base..seq-1
         self._buf = bytearray()         # encoded records not yet written
         self._retain = {}               # topic -> (qos, payload): coalesced retained updates
         self._urgent = False            # something acknowledged waits in the buffer
@@ -237,9 +241,19 @@ class Store:
         self._flush_retain()
         data = self._buf
         try:
-            self._f.write(data)
-            self.fs.sync(self._f)
-            self._size += len(data)
+            # one new small file per commit: littlefs keeps a file of up to
+            # its inline size (128 bytes on the boards) inside the directory's
+            # metadata log, where a commit costs a metadata append; appending
+            # to a synced file would copy and erase its last block every time
+            # (measured: tools/wear.py)
+            f = self.fs.open(self._seg(self.seq), "wb")
+            try:
+                f.write(data)
+                self.fs.sync(f)
+            finally:
+                f.close()
+            self.seq += 1
+            self._journal += len(data)
             self.bytes_written += len(data)
             self.commits += 1
         except OSError as e:
@@ -250,21 +264,29 @@ class Store:
         self._buf = bytearray()
         self._urgent = False
         self._since_ms = -1
-        if self._size > self.max_bytes // 2:
+        if (self.seq - self.base >= _MAX_SEGMENTS
+                or self._snap_size + self._journal > self.max_bytes // 2):
             self.compact(broker)
             self._fit(broker)
+
+    def _seg(self, seq):
+        return self.dir + "/" + _SEG + str(seq)
+
+    def size(self):
+        """Bytes the store holds on flash (snapshot + journal)."""
+        return self._snap_size + self._journal
 
     def _fit(self, broker):
         """store_max_bytes: while the compacted log is still over half of
         it, drop the least recently seen offline persistent session."""
-        while self._size > self.max_bytes // 2:
+        while self._snap_size > self.max_bytes // 2:
             victim = None
             for s in broker.sessions.values():
                 if not s.clean and s.conn is None and (
                         victim is None or s.last_seen_ms < victim.last_seen_ms):
                     victim = s
             if victim is None:
-                log.warning("store: live state of %d bytes is over half of store_max_bytes", self._size)
+                log.warning("store: live state of %d bytes is over half of store_max_bytes", self._snap_size)
                 return
             broker.count("store_evicted")
             log.info("store full: session %s dropped", victim.client_id)
@@ -281,8 +303,11 @@ class Store:
     # --- compaction ----------------------------------------------------------------
 
     def compact(self, broker):
-        """Write the live state as a new log and rename it over the old one.
-        A crash before the rename leaves the old log; after it, the new."""
+        """Write the live state as a new snapshot (covering every journal
+        segment so far), rename it over the old one, then delete those
+        segments. A crash before the rename leaves the old snapshot and the
+        journal; after it, the new snapshot, whose base number says which
+        leftover segments to ignore."""
         self.gen += 1
         self._buf = bytearray()
         self._retain = {}
@@ -290,20 +315,21 @@ class Store:
         f = fs.open(self.tmp, "wb")
         written = 0
         try:
-            f.write(_HEADER)
-            written += len(_HEADER)
+            head = _HEADER + struct.pack(">I", self.seq)
+            f.write(head)
+            written += len(head)
             for part in self._snapshot(broker):
                 f.write(part)
                 written += len(part)
             fs.sync(f)
         finally:
             f.close()
-        if self._f is not None:
-            self._f.close()
-            self._f = None
-        fs.rename(self.tmp, self.path)
-        self._f = fs.open(self.path, "ab")
-        self._size = written
+        fs.rename(self.tmp, self.snap)
+        for k in range(self.base, self.seq):
+            fs.remove(self._seg(k))
+        self.base = self.seq
+        self._journal = 0
+        self._snap_size = written
         self.bytes_written += written
         self.compactions += 1
         self._urgent = False  # the snapshot's own records are written
@@ -354,70 +380,97 @@ class Store:
     # --- loading -------------------------------------------------------------------
 
     def open(self, broker):
-        """Load the log (if any) into the broker, then open it for
-        appending. Called once, before the listener starts."""
+        """Load the snapshot and the journal after it into the broker, then
+        compact. Called once, before the listener starts."""
         fs = self.fs
         fs.mkdir(self.dir)
         fs.remove(self.tmp)  # a compaction that did not reach its rename
         wills = []
-        if fs.size(self.path) > 0:
-            good, total, records = self._load(broker, wills)
-            log.info("store %s: %d records, %d bytes loaded", self.path, records, good)
-            if good < total:
+        if fs.size(self.snap) >= 0:
+            msgs = {}
+            online = {}
+            ok, records = self._load_snapshot(broker, msgs, online)
+            base = self.base
+            seq = base
+            while ok and fs.size(self._seg(seq)) >= 0:
+                ok, n = self._load_file(self._seg(seq), 0, broker, msgs, online)
+                records += n
+                seq += 1
+            if not ok:
                 self.damaged_records += 1
-                log.warning("store: damaged tail of %d bytes discarded (torn write)", total - good)
-            self.compact(broker)  # a clean log without dead records or damage
+                log.warning("store: damaged record discarded (torn or corrupt write); "
+                            "state restored up to it")
+            log.info("store %s: %d records loaded", self.dir, records)
+            for cid in online:
+                if cid in broker.sessions:
+                    wills.append(online[cid])
+            # segments a crash left behind: before the snapshot's base (its
+            # compaction did not finish deleting them) and after a damaged one
+            k = base - 1
+            while k >= 0 and fs.size(self._seg(k)) >= 0:
+                fs.remove(self._seg(k))
+                k -= 1
+            self.seq = seq
+            while fs.size(self._seg(self.seq)) >= 0:
+                self.seq += 1
+            self.compact(broker)  # a clean snapshot; deletes the journal
             self._fit(broker)
         else:
-            self.compact(broker)  # a new log, created by rename like any other
+            self.compact(broker)  # a new store, created by rename like any other
         self.opened = True
         return wills
 
-    def _load(self, broker, wills):
-        """Replay records; returns (bytes of good records, file size, count)."""
-        fs = self.fs
-        total = fs.size(self.path)
-        f = fs.open(self.path, "rb")
+    def _load_snapshot(self, broker, msgs, online):
+        """Check the header, read the base segment number, replay records."""
+        f = self.fs.open(self.snap, "rb")
         try:
-            head = f.read(8)
-            if len(head) < 8 and MAGIC.startswith(head[:4]):
-                return 0, total, 0  # torn header: nothing was ever stored after it
-            if len(head) < 8 or head[:4] != MAGIC:
-                raise StoreError("%s is not a midge store (bad magic)" % self.path)
-            if head[4] != VERSION:
-                raise StoreError("%s has store version %d; this midge reads version %d"
-                                 % (self.path, head[4], VERSION))
-            pos = 8
-            count = 0
-            msgs = {}
-            online = {}
-            while True:
+            head = f.read(12)
+        finally:
+            f.close()
+        if len(head) < 5 or head[:4] != MAGIC:
+            raise StoreError("%s is not a midge store (bad magic)" % self.snap)
+        if head[4] != VERSION:
+            raise StoreError("%s has store version %d; this midge reads version %d"
+                             % (self.snap, head[4], VERSION))
+        if len(head) < 12:
+            raise StoreError("%s: header cut short" % self.snap)
+        self.base = struct.unpack_from(">I", head, 8)[0]
+        return self._load_file(self.snap, 12, broker, msgs, online)
+
+    def _load_file(self, path, skip, broker, msgs, online):
+        """Replay the records of one file, one record in memory at a time.
+        Returns (True if the file ended cleanly, records applied)."""
+        fs = self.fs
+        total = fs.size(path)
+        f = fs.open(path, "rb")
+        count = 0
+        try:
+            if skip:
+                f.read(skip)
+            pos = skip
+            while pos < total:
                 hdr = f.read(5)
                 if len(hdr) < 5:
-                    break
+                    return False, count
                 n, rtype = struct.unpack(">IB", hdr)
                 if n < 1 or pos + 4 + n + 4 > total:
-                    break  # torn: length runs past the end
+                    return False, count  # torn: length runs past the end
                 body = f.read(n - 1)
                 crc = f.read(4)
                 if len(body) != n - 1 or len(crc) != 4:
-                    break
+                    return False, count
                 if binascii.crc32(body, binascii.crc32(hdr)) & 0xFFFFFFFF != struct.unpack(">I", crc)[0]:
-                    break
+                    return False, count
                 try:
                     self._apply(broker, rtype, _Reader(body), msgs, online)
                 except (ValueError, IndexError, KeyError, UnicodeError) as e:
-                    log.warning("store: record %d (type %d) not applied: %r", count, rtype, e)
-                    break
+                    log.warning("store: record %d of %s (type %d) not applied: %r", count, path, rtype, e)
+                    return False, count
                 pos += 4 + n + 4
                 count += 1
         finally:
             f.close()
-        for cid in online:
-            s = broker.sessions.get(cid)
-            if s is not None:
-                wills.append(online[cid])
-        return pos, total, count
+        return True, count
 
     def _apply(self, broker, rtype, r, msgs, online):
         if rtype == R_RETAIN:
@@ -497,9 +550,7 @@ class Store:
             raise ValueError("unknown record type %d" % rtype)
 
     def close(self):
-        if self._f is not None:
-            self._f.close()
-            self._f = None
+        """Nothing stays open between commits; kept for the broker's stop."""
 
 
 # Loading keeps a message body only while a queue or inflight window refers

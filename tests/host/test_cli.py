@@ -16,7 +16,7 @@ from rawclient import RawClient
 REPO = brokerproc.REPO
 
 
-def _cmd(interp, args, heapsize="400k"):
+def _cmd(interp, args, heapsize="400k", bundle=False):
     env = dict(os.environ)
     if interp == "micropython":
         mp = brokerproc.find_micropython()
@@ -24,7 +24,12 @@ def _cmd(interp, args, heapsize="400k"):
             if os.environ.get("CI") == "true":
                 pytest.fail("micropython not found (CI)")
             pytest.skip("micropython not found")
-        env["MICROPYPATH"] = ".frozen:" + os.path.join(REPO, "lib")
+        if bundle:  # the .mpy bundle, as a board runs it
+            sys.path.insert(0, os.path.join(REPO, "tools"))
+            import build_mpy
+            env["MICROPYPATH"] = ".frozen:" + build_mpy.build()
+        else:
+            env["MICROPYPATH"] = ".frozen:" + os.path.join(REPO, "lib")
         return [mp, "-X", "heapsize=" + heapsize, "-m", "midge"] + args, env
     env["PYTHONPATH"] = os.path.join(REPO, "lib")
     return [sys.executable, "-m", "midge"] + args, env
@@ -35,8 +40,8 @@ def _run(interp, args, timeout=10):
     return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
-def _start(interp, args, heapsize="400k"):
-    cmd, env = _cmd(interp, args, heapsize)
+def _start(interp, args, heapsize="400k", bundle=False):
+    cmd, env = _cmd(interp, args, heapsize, bundle)
     proc = subprocess.Popen(cmd, env=env, cwd="/", stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     lines = []
@@ -112,7 +117,8 @@ def test_board_budget_applied_and_sigterm_stops(interp):
 
 
 def test_esp32_budget_full_house(tmp_path):
-    """The ESP32 profile under its own unix heap cap (200k): max_clients
+    """The ESP32 profile, as the .mpy bundle a board runs, under its own unix
+    heap cap (200k): max_clients
     clients, each subscribed with a wildcard and publishing QoS 1 retained
     and live traffic, all delivered; one client more is refused."""
     with open(os.path.join(REPO, "boards", "esp32", "board.json")) as f:
@@ -120,7 +126,7 @@ def test_esp32_budget_full_house(tmp_path):
     heap = board["unix_heapsize"]
     n = board["config"]["max_clients"]
     port = brokerproc.free_port()
-    proc, _ = _start("micropython", ["--board", "esp32", "--port", str(port)], heapsize=heap)
+    proc, _ = _start("micropython", ["--board", "esp32", "--port", str(port)], heapsize=heap, bundle=True)
     clients = []
     try:
         for i in range(n):
