@@ -17,12 +17,13 @@ USAGE = """usage: midge [--host HOST] [--port PORT] [--config FILE.json] [--boar
 
 
 def _boards_dirs():
-    """Where --board looks: ./boards, then <repo>/boards next to lib/."""
+    """Where --board looks: ./boards, then a boards/ folder next to the
+    package's parent folders (lib/ in the repo, build/mpy/ for the bundle)."""
     dirs = ["boards"]
-    here = __file__.replace("\\", "/")
-    parts = here.split("/")
-    if len(parts) >= 3:
-        dirs.append("/".join(parts[:-3] + ["boards"]) or "/boards")
+    parts = __file__.replace("\\", "/").split("/")[:-2]  # drop midge/__main__.py
+    for up in range(3):
+        if len(parts) > up:
+            dirs.append("/".join(parts[:len(parts) - up] + ["boards"]) or "/boards")
     return dirs
 
 
