@@ -15,6 +15,8 @@ AWAIT_COMP = 1  # PUBREL sent; waiting for PUBCOMP
 
 
 class Session:
+    sid = 0  # number in the store's records; set when first persisted
+
     def __init__(self, client_id, clean, now_ms):
         self.client_id = client_id
         self.clean = clean

@@ -34,8 +34,8 @@ _HEADER = b"MIDG\x01\x00\x00\x00"
 
 # record types
 R_RETAIN = const(1)      # topic, qos, payload (empty payload: cleared)
-R_SESSION = const(2)     # cid: a persistent session exists
-R_SESSION_DEL = const(3)  # cid
+R_SESSION = const(2)     # sid, cid: a persistent session exists, numbered sid
+R_SESSION_DEL = const(3)  # sid
 R_SUB = const(4)         # cid, filter, qos
 R_UNSUB = const(5)       # cid, filter
 R_MSG = const(6)         # mid, topic, qos, payload: a message body, stored once
@@ -55,7 +55,8 @@ _SNAP = "midge.snap"   # snapshot: header + base sequence number + records
 _TMP = "midge.tmp"     # snapshot being written; renamed over _SNAP when complete
 _SEG = "midge."        # + decimal sequence number: one journal segment per commit
 _BUF_FLUSH_BYTES = const(2048)  # deferred records are written at this size at the latest
-_MAX_SEGMENTS = const(64)       # compact after this many commits at the latest
+_MAX_SEGMENTS = const(256)      # compact after this many commits at the latest
+_MIN_JOURNAL_BYTES = const(4096)  # ... and not before the journal holds this much
 
 
 class StoreError(Exception):
@@ -116,6 +117,8 @@ class Store:
         self.tmp = directory + "/" + _TMP
         self.gen = 1                    # log generation; bumps on compaction
         self._next_mid = 1
+        self._next_sid = 1
+        self._sids = {}                 # sid -> Session, while loading
         self.base = 0                   # first journal segment after the snapshot
         self.seq = 0                    # next journal segment to write
         self._snap_size = 0             # bytes in the snapshot file
@@ -150,7 +153,10 @@ class Store:
         buf.extend(struct.pack(">I", crc & 0xFFFFFFFF))
 
     def _cid(self, s):
-        return _s16(s.client_id.encode())
+        """The session's number in records: 4 bytes instead of its client
+        id, so that a commit stays small enough for littlefs to keep it
+        inline (a queued 64-byte message: about 110 bytes in all)."""
+        return struct.pack(">I", s.sid)
 
     def _msg_ref(self, msg, fresh=False):
         """mid of a message, writing its body once per log generation.
@@ -174,7 +180,10 @@ class Store:
             self._urgent = True
 
     def session(self, s):
-        self._rec(R_SESSION, self._cid(s))
+        if not s.sid:
+            s.sid = self._next_sid
+            self._next_sid += 1
+        self._rec(R_SESSION, self._cid(s) + _s16(s.client_id.encode()))
 
     def session_del(self, s):
         self._rec(R_SESSION_DEL, self._cid(s))
@@ -264,8 +273,13 @@ class Store:
         self._buf = bytearray()
         self._urgent = False
         self._since_ms = -1
-        if (self.seq - self.base >= _MAX_SEGMENTS
-                or self._snap_size + self._journal > self.max_bytes // 2):
+        # compact when the journal has grown as large as the snapshot (so a
+        # compaction costs no more flash than the commits it folds in), or
+        # holds many files, or the store passes half of store_max_bytes
+        j = self._journal
+        if ((j >= self._snap_size and j >= _MIN_JOURNAL_BYTES)
+                or self.seq - self.base >= _MAX_SEGMENTS
+                or self._snap_size + j > self.max_bytes // 2):
             self.compact(broker)
             self._fit(broker)
 
@@ -401,9 +415,10 @@ class Store:
                 log.warning("store: damaged record discarded (torn or corrupt write); "
                             "state restored up to it")
             log.info("store %s: %d records loaded", self.dir, records)
-            for cid in online:
-                if cid in broker.sessions:
-                    wills.append(online[cid])
+            for s in online:
+                if broker.sessions.get(s.client_id) is s:
+                    wills.append(online[s])
+            self._sids = {}
             # segments a crash left behind: before the snapshot's base (its
             # compaction did not finish deleting them) and after a damaged one
             k = base - 1
@@ -490,19 +505,26 @@ class Store:
             if mid >= self._next_mid:
                 self._next_mid = mid + 1
             return
-        cid = r.s()
+        sid = r.u32()
         if rtype == R_SESSION:
-            if cid not in broker.sessions:
-                broker.sessions[cid] = Session(cid, False, broker.now_ms())
+            cid = r.s()
+            s = broker.sessions.get(cid)
+            if s is None:
+                s = broker.sessions[cid] = Session(cid, False, broker.now_ms())
+            s.sid = sid
+            self._sids[sid] = s
+            if sid >= self._next_sid:
+                self._next_sid = sid + 1
             return
-        s = broker.sessions[cid]
+        s = self._sids[sid]
         if rtype == R_SESSION_DEL:
             for msg, qos in s.queue:
                 _unref(msgs, msg)
             for e in s.inflight:
                 _unref(msgs, e[1])
             broker.drop_session(s)
-            online.pop(cid, None)
+            del self._sids[sid]
+            online.pop(s, None)
         elif rtype == R_SUB:
             filt = r.s()
             broker.restore_sub(s, filt, r.u8())
@@ -543,9 +565,9 @@ class Store:
             topic = r.s()
             qos = r.u8()
             retain = bool(r.u8())
-            online[cid] = Message(topic, r.blob(), qos, retain)
+            online[s] = Message(topic, r.blob(), qos, retain)
         elif rtype == R_WILL_DEL:
-            online.pop(cid, None)
+            online.pop(s, None)
         else:
             raise ValueError("unknown record type %d" % rtype)
 
