@@ -1,14 +1,20 @@
-# midge.store: the flash log, driven through a real Broker. Packets are
+# midge.store: the flash store, driven through a real Broker. Packets are
 # built with tests/mqttspec.py and handed to handlers.handle as the
 # connection layer does; broker.commit() is called where Connection calls
 # it (after each handled chunk, after a detach) and where the server calls
-# it (after each tick). A "crash" closes the store's file without writing
-# what it buffered; a restart builds a NEW Broker + Store on the same
-# directory and calls restore().
+# it (after each tick). A "crash" drops what the store buffered without
+# writing it; a restart builds a NEW Broker + Store on the same directory
+# and calls restore().
+#
+# The store directory holds midge.snap (header, base segment number,
+# records) and journal segments midge.<N> (N >= base, one file of records
+# per commit); "the store files" below are those, and "the store's size"
+# is their bytes together (what Store.size() reports).
 #
 # Shared test: runs on CPython and MicroPython, so no tempfile/shutil/
 # os.path; temporary directories are made under /tmp by hand.
 import os
+import struct
 import time
 
 import mqttspec as m
@@ -27,6 +33,10 @@ except ImportError:  # CPython
 
 
 HEADER = b"MIDG\x01\x00\x00\x00"
+SNAP = "midge.snap"
+SNAP_HEAD = 12           # HEADER + u32 base segment number
+R_RETAIN = 1             # record types (docs/STORE.md)
+R_SUB = 4
 
 # --- temporary directories ---------------------------------------------------------
 
@@ -84,6 +94,82 @@ def exists(path):
         return False
 
 
+# --- the store files: midge.snap + journal segments midge.<N> -------------------------
+
+def seg_name(n):
+    return "midge.%d" % n
+
+
+def seg_numbers(d):
+    """Numbers of the journal segments in directory d, ascending."""
+    found = []
+    for name in os.listdir(d):
+        if name.startswith("midge.") and name[6:].isdigit():
+            found.append(int(name[6:]))
+    found.sort()
+    return found
+
+
+def store_names(d):
+    """The store files in d: midge.snap (if any), then the segments in order."""
+    names = [SNAP] if exists(d + "/" + SNAP) else []
+    for n in seg_numbers(d):
+        names.append(seg_name(n))
+    return names
+
+
+def store_files(d):
+    """{name: bytes} of every store file in d (a picture of it on flash)."""
+    out = {}
+    for name in store_names(d):
+        out[name] = read_bytes(d + "/" + name)
+    return out
+
+
+def write_files(d, files):
+    for name in files:
+        write_bytes(d + "/" + name, files[name])
+
+
+def store_size(d):
+    total = 0
+    for name in store_names(d):
+        total += os.stat(d + "/" + name)[6]
+    return total
+
+
+def store_data(d):
+    """Every store file's bytes, snapshot first, segments in order."""
+    return b"".join([read_bytes(d + "/" + name) for name in store_names(d)])
+
+
+def snap_base(d):
+    data = read_bytes(d + "/" + SNAP)
+    assert data[:8] == HEADER, data[:12]
+    return struct.unpack(">I", data[8:12])[0]
+
+
+def record_offsets(data, start):
+    """Offsets of the records in data[start:]; they must fill it exactly."""
+    offs = []
+    p = start
+    while p < len(data):
+        offs.append(p)
+        p += 4 + struct.unpack(">I", data[p:p + 4])[0] + 4
+    assert p == len(data), (p, len(data))
+    return offs
+
+
+def only_snapshot(d, b=None):
+    """After an open (or a compaction) the directory holds midge.snap alone,
+    its base is the next segment number, and Store.size() agrees."""
+    names = os.listdir(d)
+    assert names == [SNAP], names
+    if b is not None:
+        assert snap_base(d) == b.store.seq == b.store.base, (snap_base(d), b.store.seq)
+        assert b.store.size() == store_size(d), (b.store.size(), store_size(d))
+
+
 class Env:
     """One store directory (plus scratch copies), a shared clock, and every
     Store opened on them; `with Env(...) as env:` closes and removes all."""
@@ -94,7 +180,7 @@ class Env:
         self.dirs = []
         self.stores = []
         self.dir = self.newdir()
-        self.log = self.dir + "/midge.log"
+        self.snap = self.dir + "/" + SNAP
 
     def __enter__(self):
         return self
@@ -133,14 +219,22 @@ class Env:
         return b
 
     def peek(self):
-        """A broker loaded from a copy of the log as it is on disk right now
-        (a crash at this instant), leaving the running store untouched."""
+        """A broker loaded from a copy of the store files (snapshot and every
+        segment) as they are on disk right now (a crash at this instant),
+        leaving the running store untouched."""
         d = self.newdir()
-        write_bytes(d + "/midge.log", read_bytes(self.log))
+        write_files(d, store_files(self.dir))
         return self.boot(d)
 
-    def size(self):
-        return os.stat(self.log)[6]
+    def size(self, d=None):
+        """Bytes of the store files (midge.snap + every midge.<N>)."""
+        return store_size(d or self.dir)
+
+    def segments(self, d=None):
+        return seg_numbers(d or self.dir)
+
+    def data(self, d=None):
+        return store_data(d or self.dir)
 
     def settle(self, b):
         """Time passes (store_sync_ms) and the server ticks and commits."""
@@ -224,18 +318,26 @@ def rec_size(topic, payload):
 
 # --- opening: fresh, version check -------------------------------------------------
 
-def test_missing_dir_and_empty_file_start_fresh():
+def test_missing_dir_and_empty_dir_start_fresh():
     with Env() as env:
-        sub = env.dir + "/store"          # does not exist yet
+        sub = env.newdir() + "/store"     # does not exist yet
         b = env.boot(sub)
-        assert read_bytes(sub + "/midge.log") == HEADER
+        only_snapshot(sub, b)
+        assert read_bytes(sub + "/" + SNAP) == HEADER + b"\x00\x00\x00\x00"  # base 0
         assert b.sessions == {} and b.retained.count == 0
         assert b.store.damaged_records == 0
-        # an empty file (a crash right after creating it) also starts fresh
-        write_bytes(env.log, b"")
+        # an existing but empty directory also starts fresh
         b = env.boot()
-        assert read_bytes(env.log) == HEADER
+        only_snapshot(env.dir, b)
+        assert read_bytes(env.snap) == HEADER + b"\x00\x00\x00\x00"
         assert b.sessions == {} and b.store.damaged_records == 0
+        # an empty segment (a crash right after creating a commit's file) is
+        # no damage and holds nothing; it is removed like any loaded segment
+        write_bytes(env.dir + "/" + seg_name(snap_base(env.dir)), b"")
+        b = env.boot()
+        only_snapshot(env.dir, b)
+        assert b.sessions == {} and b.retained.count == 0
+        assert b.store.damaged_records == 0
         # and the fresh store works: state written now is there after a restart
         p, _, _ = client(b, "pub", clean=True)
         publish(b, p, "a", b"1", qos=1, retain=True)
@@ -243,10 +345,42 @@ def test_missing_dir_and_empty_file_start_fresh():
         assert retained(env.boot(), "a") == b"1"
 
 
+def test_segments_without_snapshot_are_not_read():
+    # no midge.snap: a new store, whatever segment files lie around; they
+    # must not be read now nor come back later under the new snapshot's base
+    with Env() as env:
+        other = env.newdir()
+        b = env.boot(other)
+        p, _, _ = client(b, "pub", clean=True)
+        publish(b, p, "ghost", b"must-not-load", qos=1, retain=True)
+        c, _, _ = client(b, "ghost-dev")
+        subscribe(b, c, [("g", 1)])
+        crash(b)
+        segs = store_files(other)
+        del segs[SNAP]
+        assert len(segs) >= 2 and seg_name(0) in segs, list(segs.keys())
+        write_files(env.dir, segs)
+        b = env.boot()
+        assert retained(b, "ghost") is None and b.sessions == {}
+        assert b.store.damaged_records == 0
+        only_snapshot(env.dir, b)
+        crash(b)
+        b = env.boot()                    # nothing committed in between
+        assert retained(b, "ghost") is None and b.sessions == {}
+        p, _, _ = client(b, "pub", clean=True)
+        publish(b, p, "real", b"kept", qos=1, retain=True)   # one new segment
+        crash(b)
+        b = env.boot()
+        assert retained(b, "real") == b"kept"
+        assert retained(b, "ghost") is None and b.sessions == {}
+        assert b.store.damaged_records == 0
+        only_snapshot(env.dir, b)
+
+
 def test_bad_magic_is_store_error():
     with Env() as env:
         data = b"MQTT\x01\x00\x00\x00" + b"\x00" * 20
-        write_bytes(env.log, data)
+        write_bytes(env.snap, data)
         cfg, st = env.store()
         b = Broker(cfg, env.clock, store=st)
         try:
@@ -256,8 +390,9 @@ def test_bad_magic_is_store_error():
             raised = e
         assert raised is not None
         text = str(raised)
-        assert "magic" in text and env.log in text, text
-        assert read_bytes(env.log) == data  # the unknown file is left alone
+        assert "magic" in text and env.snap in text, text
+        assert read_bytes(env.snap) == data  # the unknown file is left alone
+        assert os.listdir(env.dir) == [SNAP]
 
 
 def test_wrong_version_is_store_error():
@@ -266,11 +401,13 @@ def test_wrong_version_is_store_error():
         p, _, _ = client(b, "pub", clean=True)
         publish(b, p, "a", b"1", qos=1, retain=True)
         crash(b)
-        data = bytearray(read_bytes(env.log))
+        files = store_files(env.dir)
+        assert len(files) == 2, list(files.keys())   # the snapshot and one segment
+        data = bytearray(files[SNAP])
         assert bytes(data[:8]) == HEADER
         data[4] = 2
-        data = bytes(data)
-        write_bytes(env.log, data)
+        files[SNAP] = bytes(data)
+        write_bytes(env.snap, files[SNAP])
         try:
             env.boot()
             raised = None
@@ -278,8 +415,14 @@ def test_wrong_version_is_store_error():
             raised = e
         assert raised is not None
         text = str(raised)
-        assert "version 2" in text and "version 1" in text and env.log in text, text
-        assert read_bytes(env.log) == data
+        assert "version 2" in text and "version 1" in text and env.snap in text, text
+        # nothing is touched: not the snapshot, not its journal
+        assert store_files(env.dir) == files
+        names = os.listdir(env.dir)
+        names.sort()
+        expect = list(files.keys())
+        expect.sort()
+        assert names == expect, names   # no midge.tmp either
 
 
 # --- round trips -----------------------------------------------------------------------
@@ -569,6 +712,7 @@ def test_clean_sessions_not_persisted():
     with Env() as env:
         b = env.boot()
         size0 = env.size()
+        segs0 = env.segments()
         c, _, _ = client(b, "clean-client-7f3a", clean=True, will_topic="w/c",
                          will_payload=b"x", will_qos=1)
         subscribe(b, c, [("t/#", 1)])
@@ -579,7 +723,8 @@ def test_clean_sessions_not_persisted():
         assert b.sessions["clean-pub-9c1d"].in_qos2 == set([3])
         env.settle(b)
         assert env.size() == size0  # nothing of either session was written
-        data = read_bytes(env.log)
+        assert env.segments() == segs0  # not even an empty commit
+        data = env.data()
         assert b"clean-client-7f3a" not in data and b"clean-pub-9c1d" not in data
         crash(b)
         b = env.boot()
@@ -620,23 +765,31 @@ def test_acknowledged_state_is_in_the_file_before_the_ack():
         b = env.boot()
         s, _, _ = client(b, "sub")
         size0 = env.size()
+        segs0 = env.segments()
         feed(b, s, m.subscribe(1, [("t", 1)]))
         assert kinds(s.take()) == ["suback"]
         assert env.size() > size0           # session + subscription behind the SUBACK
+        assert len(env.segments()) == len(segs0) + 1, (segs0, env.segments())
+        assert env.size() == b.store.size()
         assert env.peek().sessions["sub"].subs == {"t": 1}
         disconnect(b, s)
 
         p, _, _ = client(b, "pub", clean=True)
         size1 = env.size()
+        segs1 = env.segments()
         data = m.publish("t", b"must-survive", 1, False, False, 3)
         for first, start, end in frames(data):
             handlers.handle(b, p, first, data, start, end)
         # the PUBACK is queued on the connection but not written yet...
         assert [(x["type"], x["pid"]) for x in m.parse_all(p.out)[0]] == [("puback", 3)]
         assert env.size() == size1          # ...and neither is the record
+        assert env.segments() == segs1
         b.commit()                          # the connection commits before writing replies
         assert env.size() > size1
-        assert b"must-survive" in read_bytes(env.log)
+        segs = env.segments()
+        assert segs[:-1] == segs1 and segs[-1] > segs1[-1], (segs1, segs)  # one new segment
+        assert b"must-survive" in read_bytes(env.dir + "/" + seg_name(segs[-1]))
+        assert env.size() == b.store.size()
         assert queue_of(env.peek(), "sub") == [(b"must-survive", 1)]
 
 
@@ -645,6 +798,7 @@ def test_qos0_retained_waits_for_sync_ms_and_coalesces():
         b = env.boot()
         p, _, _ = client(b, "pub", clean=True)
         size0 = env.size()
+        segs0 = env.segments()
         publish(b, p, "sensor", b"v1", qos=0, retain=True)
         env.clock.advance(400)
         publish(b, p, "sensor", b"v2", qos=0, retain=True)
@@ -656,13 +810,18 @@ def test_qos0_retained_waits_for_sync_ms_and_coalesces():
         b.tick()
         b.commit()
         assert env.size() == size0           # not written yet
+        assert env.segments() == segs0
         assert retained(env.peek(), "sensor") is None
         env.clock.advance(1)                 # store_sync_ms reached
         b.tick()
         b.commit()
-        # three updates, one record: the last value
+        # three updates, one commit of one record: the last value
+        segs = env.segments()
+        assert len(segs) == len(segs0) + 1 and segs[:-1] == segs0, (segs0, segs)
+        seg = read_bytes(env.dir + "/" + seg_name(segs[-1]))
+        assert len(seg) == rec_size("sensor", b"v3-last"), seg
         assert env.size() - size0 == rec_size("sensor", b"v3-last"), (env.size(), size0)
-        data = read_bytes(env.log)
+        data = env.data()
         assert b"v3-last" in data and b"v1" not in data and b"v2" not in data
         assert retained(env.peek(), "sensor") == b"v3-last"
         # nothing pending: later commits write nothing
@@ -670,6 +829,7 @@ def test_qos0_retained_waits_for_sync_ms_and_coalesces():
         b.tick()
         b.commit()
         assert env.size() - size0 == rec_size("sensor", b"v3-last")
+        assert env.segments() == segs
 
 
 def test_ack_with_nothing_to_write_does_not_flush_later_qos0_retained():
@@ -681,21 +841,27 @@ def test_ack_with_nothing_to_write_does_not_flush_later_qos0_retained():
         p, _, _ = client(b, "pub", clean=True)
         publish(b, p, "flag", b"on", qos=1, retain=True)   # urgent, written
         size0 = env.size()
+        segs0 = env.segments()
         feed(b, p, m.subscribe(2, [("nothing/here", 1)]))  # urgent, nothing to write
         publish(b, p, "nobody/listens", b"x", qos=1)       # urgent, nothing to write
         assert env.size() == size0
+        assert env.segments() == segs0                     # no empty segment either
         publish(b, p, "sensor", b"v1", qos=0, retain=True)
         publish(b, p, "sensor", b"v2", qos=0, retain=True)
         assert env.size() == size0, "QoS 0 retained update written before store_sync_ms"
+        assert env.segments() == segs0
         env.settle(b)
         assert env.size() - size0 == rec_size("sensor", b"v2")
+        assert len(env.segments()) == len(segs0) + 1
 
 
 # --- damage --------------------------------------------------------------------------------
 
 def _two_retained(env):
-    """A log of header + R_RETAIN a + R_RETAIN b, plus a persistent session
-    written before them. Returns (log bytes, offset of the last record)."""
+    """A store whose journal ends in two segments, R_RETAIN a then R_RETAIN
+    b, after a persistent session written before them. Returns (the store
+    files, the name of the last segment (b alone), the store's size before
+    it)."""
     b = env.boot()
     c, _, _ = client(b, "dev")
     subscribe(b, c, [("x/#", 1)])
@@ -703,11 +869,16 @@ def _two_retained(env):
     p, _, _ = client(b, "pub", clean=True)
     publish(b, p, "a", b"first", qos=1, retain=True)
     last = env.size()
+    segs = env.segments()
     publish(b, p, "b", b"second", qos=1, retain=True)
     crash(b)
-    data = read_bytes(env.log)
-    assert len(data) - last == rec_size("b", b"second")
-    return data, last
+    files = store_files(env.dir)
+    now = env.segments()
+    assert now[:-1] == segs and now[-1] == segs[-1] + 1, (segs, now)
+    name = seg_name(now[-1])
+    assert len(files[name]) == rec_size("b", b"second")
+    assert env.size() - last == rec_size("b", b"second")
+    return files, name, last
 
 
 def _check_state_before_last(b):
@@ -718,23 +889,26 @@ def _check_state_before_last(b):
 
 def test_checksum_failure_discards_last_record():
     with Env() as env:
-        data, last = _two_retained(env)
-        for i in range(last, len(data)):    # every byte of the last record
+        files, name, last = _two_retained(env)
+        seg = files[name]
+        for i in range(len(seg)):           # every byte of the last segment's record
             d = env.newdir()
-            bad = bytearray(data)
+            bad = bytearray(seg)
             bad[i] ^= 0x5A
-            write_bytes(d + "/midge.log", bytes(bad))
+            write_files(d, files)
+            write_bytes(d + "/" + name, bytes(bad))
             b = env.boot(d)
             assert b.store.damaged_records == 1, i
             _check_state_before_last(b)
             crash(b)
-            assert os.stat(d + "/midge.log")[6] <= last  # rewritten without the damage
+            only_snapshot(d, b)             # rewritten without the damage
+            assert store_size(d) <= last, (i, store_size(d), last)
             b = env.boot(d)
             assert b.store.damaged_records == 0, i
             _check_state_before_last(b)
             crash(b)
             rmtree(d)
-        # the undamaged log loads completely
+        # the undamaged store loads completely
         b = env.boot()
         assert b.store.damaged_records == 0
         assert retained(b, "b") == b"second" and retained(b, "a") == b"first"
@@ -742,17 +916,147 @@ def test_checksum_failure_discards_last_record():
 
 def test_torn_write_at_every_offset_of_last_record():
     with Env() as env:
-        data, last = _two_retained(env)
-        for cut in range(last, len(data)):
+        files, name, last = _two_retained(env)
+        seg = files[name]
+        for cut in range(len(seg)):         # 0: the file was created, nothing written
             d = env.newdir()
-            write_bytes(d + "/midge.log", data[:cut])
+            write_files(d, files)
+            write_bytes(d + "/" + name, seg[:cut])
             b = env.boot(d)
-            assert b.store.damaged_records == (0 if cut == last else 1), cut
+            assert b.store.damaged_records == (0 if cut == 0 else 1), cut
             _check_state_before_last(b)
             crash(b)
+            only_snapshot(d, b)
             b = env.boot(d)
             assert b.store.damaged_records == 0, cut
             _check_state_before_last(b)
+            crash(b)
+            rmtree(d)
+
+
+def _three_in_snapshot(env):
+    """A snapshot of RETAIN a | SESSION dev | SUB x/# and a journal
+    segment after it (RETAIN b). Returns (the store files, offset of the
+    snapshot's last record)."""
+    b = env.boot()
+    c, _, _ = client(b, "dev")
+    subscribe(b, c, [("x/#", 1)])
+    disconnect(b, c)
+    p, _, _ = client(b, "pub", clean=True)
+    publish(b, p, "a", b"first", qos=1, retain=True)
+    crash(b)
+    b = env.boot()                          # the open compacts all of it into the snapshot
+    only_snapshot(env.dir, b)
+    p, _, _ = client(b, "pub", clean=True)
+    publish(b, p, "b", b"second", qos=1, retain=True)
+    crash(b)
+    files = store_files(env.dir)
+    assert len(files) == 2, list(files.keys())
+    snap = files[SNAP]
+    offs = record_offsets(snap, SNAP_HEAD)
+    assert [snap[o + 4] for o in offs] == [R_RETAIN, 2, R_SUB], [snap[o + 4] for o in offs]
+    assert b"x/#" in snap[offs[-1]:]
+    return files, offs[-1]
+
+
+def test_damaged_snapshot_record_discards_it_and_the_journal_after_it():
+    # bit rot in the snapshot's last record: the state before it is kept;
+    # the journal segment after it is not applied on top of a hole
+    with Env() as env:
+        files, last = _three_in_snapshot(env)
+        snap = files[SNAP]
+
+        def check(b, damaged, with_sub, b_value):
+            assert b.store.damaged_records == damaged
+            assert retained(b, "a") == b"first"
+            assert b.sessions["dev"].subs == ({"x/#": 1} if with_sub else {})
+            assert retained(b, "b") == b_value
+
+        for i in range(last, len(snap)):    # flip every byte of the last record
+            d = env.newdir()
+            bad = bytearray(snap)
+            bad[i] ^= 0x5A
+            write_files(d, files)
+            write_bytes(d + "/" + SNAP, bytes(bad))
+            b = env.boot(d)
+            check(b, 1, False, None)        # the segment after the damage is not applied
+            crash(b)
+            only_snapshot(d, b)             # ... and is gone
+            b = env.boot(d)
+            check(b, 0, False, None)
+            crash(b)
+            rmtree(d)
+        for cut in range(last, len(snap)):  # a snapshot cut short inside its last record
+            d = env.newdir()
+            write_files(d, files)
+            write_bytes(d + "/" + SNAP, snap[:cut])
+            # a cut at the record boundary is no damage: the journal applies
+            b_value = b"second" if cut == last else None
+            b = env.boot(d)
+            check(b, 0 if cut == last else 1, False, b_value)
+            crash(b)
+            only_snapshot(d, b)
+            b = env.boot(d)
+            check(b, 0, False, b_value)
+            crash(b)
+            rmtree(d)
+        # the undamaged snapshot + journal load completely
+        b = env.boot()
+        check(b, 0, True, b"second")
+
+
+def test_segments_after_a_damaged_one_are_ignored_and_deleted():
+    with Env() as env:
+        b = env.boot()
+        c, _, _ = client(b, "dev")
+        subscribe(b, c, [("x/#", 1)])
+        disconnect(b, c)
+        p, _, _ = client(b, "pub", clean=True)
+        publish(b, p, "a", b"first", qos=1, retain=True)
+        n = env.segments()[-1] + 1          # the segment that will be damaged
+        publish(b, p, "b", b"second", qos=1, retain=True)
+        publish(b, p, "c", b"third", qos=1, retain=True)
+        publish(b, p, "d", b"fourth", qos=1, retain=True)
+        crash(b)
+        assert env.segments()[-3:] == [n, n + 1, n + 2], (n, env.segments())
+        files = store_files(env.dir)
+        seg = files[seg_name(n)]
+        assert len(seg) == rec_size("b", b"second")
+
+        def check(b):
+            _check_state_before_last(b)
+            assert retained(b, "c") is None and retained(b, "d") is None
+            assert b.retained.count == 1
+
+        damaged = []
+        for i in range(len(seg)):           # a flipped byte anywhere in segment n
+            bad = bytearray(seg)
+            bad[i] ^= 0x5A
+            damaged.append(bytes(bad))
+        for cut in range(1, len(seg)):      # or segment n torn
+            damaged.append(seg[:cut])
+        for bad in damaged:
+            d = env.newdir()
+            write_files(d, files)
+            write_bytes(d + "/" + seg_name(n), bad)
+            b = env.boot(d)
+            assert b.store.damaged_records == 1
+            check(b)
+            crash(b)
+            only_snapshot(d, b)             # n + 1 and n + 2 deleted too: none can be read later
+            b = env.boot(d)
+            assert b.store.damaged_records == 0
+            check(b)
+            # new commits reuse no old content
+            p, _, _ = client(b, "pub", clean=True)
+            publish(b, p, "e", b"fifth", qos=1, retain=True)
+            publish(b, p, "f", b"sixth", qos=1, retain=True)
+            crash(b)
+            b = env.boot(d)
+            assert b.store.damaged_records == 0
+            _check_state_before_last(b)
+            assert retained(b, "c") is None and retained(b, "d") is None
+            assert retained(b, "e") == b"fifth" and retained(b, "f") == b"sixth"
             crash(b)
             rmtree(d)
 
@@ -770,19 +1074,29 @@ def test_compaction_keeps_state_and_bounds_the_log():
         publish(b, p, "k/2", b"q2", qos=1)
         publish(b, p, "other", b"o", qos=0, retain=True)
         sizes = [env.size()]
+        counts = [len(env.segments())]
         payload = b""
         for i in range(60):
             payload = (b"%03d" % i) * 33            # 99 bytes
             publish(b, p, "sensor", payload, qos=0, retain=True)
             sizes.append(env.size())
+            counts.append(len(env.segments()))
+            assert sizes[-1] == b.store.size(), (i, sizes[-1], b.store.size())
+            assert "midge.tmp" not in os.listdir(env.dir)
         st = b.store
         assert st.compactions > 0
         drops = [i for i in range(1, len(sizes)) if sizes[i] < sizes[i - 1]]
-        assert drops, sizes                          # compaction shrank the file
+        assert drops, sizes                          # compaction shrank the store
+        for i in drops:
+            assert counts[i] == 0, (i, counts)       # ... into the snapshot alone
+        assert max(counts) <= 64, counts
         assert max(sizes) <= 2048 + rec_size("sensor", payload), sizes
         assert env.size() <= 2048
         names = os.listdir(env.dir)
         assert "midge.tmp" not in names, names
+        # nothing but the snapshot and the segments after its base
+        assert env.segments() == list(range(snap_base(env.dir), st.seq)), (env.segments(), st.seq)
+        assert len(names) == 1 + len(env.segments()), names
         crash(b)
 
         b = env.boot()
@@ -793,42 +1107,135 @@ def test_compaction_keeps_state_and_bounds_the_log():
         assert queue_of(b, "keep") == [(b"q1", 1), (b"q2", 1)]
         assert b.store.damaged_records == 0
         assert "midge.tmp" not in os.listdir(env.dir)
+        only_snapshot(env.dir, b)
+
+
+def test_many_small_commits_keep_the_journal_bounded():
+    # the default (large) store_max_bytes: tiny commits alone must not grow
+    # the number of segment files without end
+    most = 256   # store.py _MAX_SEGMENTS (a const, not importable on MicroPython)
+    with Env() as env:
+        b = env.boot()
+        p, _, _ = client(b, "pub", clean=True)
+        counts = []
+        for i in range(600):
+            publish(b, p, "s", b"%d" % (i % 10), qos=1, retain=True)   # one commit each
+            counts.append(len(env.segments()))
+            assert env.size() == b.store.size()
+        assert b.store.compactions > 0
+        assert max(counts) <= most, max(counts)
+        assert env.size() < 8192, env.size()
+        crash(b)
+        b = env.boot()
+        assert retained(b, "s") == b"9" and b.retained.count == 1
+        assert b.store.damaged_records == 0
+        only_snapshot(env.dir, b)
+
+
+def test_crash_after_snapshot_rename_leaves_old_segments_below_base():
+    # compact() renames the new snapshot over the old one, then deletes the
+    # segments it covers (lowest first); a crash in between leaves some of
+    # them, numbered below the new base: they are not read, and are removed
+    with Env() as env:
+        b = env.boot()
+        s, _, _ = client(b, "sub")
+        subscribe(b, s, [("q/#", 1)])
+        disconnect(b, s)
+        p, _, _ = client(b, "pub", clean=True)
+        publish(b, p, "q/1", b"m1", qos=1)
+        publish(b, p, "r", b"old", qos=1, retain=True)
+        publish(b, p, "gone", b"x", qos=1, retain=True)
+        publish(b, p, "gone", b"", qos=1, retain=True)  # cleared again
+        crash(b)
+        old = store_files(env.dir)
+        old_segs = env.segments()
+        assert len(old_segs) >= 4, old_segs
+        b = env.boot()                      # its open compacts
+        only_snapshot(env.dir, b)
+        base = snap_base(env.dir)
+        assert base == old_segs[-1] + 1, (base, old_segs)
+        after_rename = store_files(env.dir)
+        p, _, _ = client(b, "pub", clean=True)
+        publish(b, p, "r", b"new", qos=1, retain=True)
+        publish(b, p, "q/2", b"m2", qos=1)
+        c, _, _ = client(b, "sub2")
+        subscribe(b, c, [("z", 1)])
+        disconnect(b, c)
+        crash(b)
+        later = store_files(env.dir)        # snapshot + journal written after it
+        assert len(later) > 1
+
+        def check(b, with_later):
+            assert b.store.damaged_records == 0
+            assert retained(b, "gone") is None
+            if with_later:
+                assert retained(b, "r") == b"new"
+                assert queue_of(b, "sub") == [(b"m1", 1), (b"m2", 1)], queue_of(b, "sub")
+                assert b.sessions["sub2"].subs == {"z": 1}
+            else:
+                assert retained(b, "r") == b"old"
+                assert queue_of(b, "sub") == [(b"m1", 1)], queue_of(b, "sub")
+                assert "sub2" not in b.sessions
+            assert b.retained.count == 1
+            assert b.sessions["sub"].subs == {"q/#": 1}
+
+        for now in (after_rename, later):
+            for k in range(len(old_segs)):  # old_segs[:k] were deleted before the crash
+                d = env.newdir()
+                write_files(d, now)
+                for n in old_segs[k:]:
+                    write_bytes(d + "/" + seg_name(n), old[seg_name(n)])
+                b = env.boot(d)
+                check(b, now is later)
+                crash(b)
+                only_snapshot(d, b)         # the leftovers are gone
+                b = env.boot(d)
+                check(b, now is later)
+                crash(b)
+                rmtree(d)
 
 
 def test_leftover_tmp_ignored_and_removed_on_open():
     with Env() as env:
         # a complete but never renamed snapshot of OTHER state
-        b = env.boot(env.newdir())
+        od = env.newdir()
+        b = env.boot(od)
         p, _, _ = client(b, "pub", clean=True)
         publish(b, p, "from-tmp", b"must-not-load", qos=1, retain=True)
-        other = b.store.path
         crash(b)
+        env.boot(od)                        # its open compacts: the record is in midge.snap
+        other = read_bytes(od + "/" + SNAP)
+        assert b"must-not-load" in other
         b = env.boot()
         c, _, _ = client(b, "dev")
         subscribe(b, c, [("t", 1)])
         p, _, _ = client(b, "pub", clean=True)
         publish(b, p, "real", b"kept", qos=1, retain=True)
         crash(b)
-        write_bytes(env.dir + "/midge.tmp", read_bytes(other))
+        assert env.segments()               # a snapshot and its journal
+        write_bytes(env.dir + "/midge.tmp", other)
         b = env.boot()
         assert "midge.tmp" not in os.listdir(env.dir)
         assert retained(b, "real") == b"kept"
         assert retained(b, "from-tmp") is None
         assert b.sessions["dev"].subs == {"t": 1}
+        only_snapshot(env.dir, b)
         crash(b)
         # a torn (half-written) tmp as well
-        write_bytes(env.dir + "/midge.tmp", read_bytes(other)[:13])
+        write_bytes(env.dir + "/midge.tmp", other[:13])
         b = env.boot()
         assert "midge.tmp" not in os.listdir(env.dir)
         assert retained(b, "real") == b"kept" and b.store.damaged_records == 0
+        only_snapshot(env.dir, b)
         crash(b)
-        # a tmp without a log: nothing is loaded from it, and it is removed
-        os.remove(env.log)
-        write_bytes(env.dir + "/midge.tmp", read_bytes(other))
+        # a tmp without a snapshot: nothing is loaded from it, and it is removed
+        os.remove(env.snap)
+        write_bytes(env.dir + "/midge.tmp", other)
         b = env.boot()
         assert "midge.tmp" not in os.listdir(env.dir)
         assert retained(b, "from-tmp") is None and b.sessions == {}
-        assert read_bytes(env.log) == HEADER
+        only_snapshot(env.dir, b)
+        assert read_bytes(env.snap) == HEADER + b"\x00\x00\x00\x00"
 
 
 # --- caps ---------------------------------------------------------------------------------------

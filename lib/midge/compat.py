@@ -132,6 +132,10 @@ class OSFS:
         except OSError:
             return -1
 
+    def listdir(self, path):
+        import os
+        return os.listdir(path)
+
     def mkdir(self, path):
         import os
         try:

@@ -419,21 +419,27 @@ class Store:
                 if broker.sessions.get(s.client_id) is s:
                     wills.append(online[s])
             self._sids = {}
-            # segments a crash left behind: before the snapshot's base (its
-            # compaction did not finish deleting them) and after a damaged one
-            k = base - 1
-            while k >= 0 and fs.size(self._seg(k)) >= 0:
-                fs.remove(self._seg(k))
-                k -= 1
+            self._remove_stale(base, seq)
             self.seq = seq
-            while fs.size(self._seg(self.seq)) >= 0:
-                self.seq += 1
             self.compact(broker)  # a clean snapshot; deletes the journal
             self._fit(broker)
         else:
+            self._remove_stale(0, 0)  # segments without a snapshot are not state
             self.compact(broker)  # a new store, created by rename like any other
         self.opened = True
         return wills
+
+    def _remove_stale(self, first, end):
+        """Delete every journal segment outside [first, end): left by a
+        compaction that did not finish deleting, or after a damaged or
+        missing segment, so no later open can mistake it for state."""
+        fs = self.fs
+        for name in fs.listdir(self.dir):
+            num = name[len(_SEG):]
+            if name.startswith(_SEG) and num.isdigit():
+                n = int(num)
+                if n < first or n >= end:
+                    fs.remove(self.dir + "/" + name)
 
     def _load_snapshot(self, broker, msgs, online):
         """Check the header, read the base segment number, replay records."""

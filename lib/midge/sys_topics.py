@@ -26,6 +26,7 @@ def snapshot(broker):
     ]
     store = broker.store
     if store is not None:
+        items.append(("$SYS/broker/store/bytes", str(store.size())))
         items.append(("$SYS/broker/store/bytes_written", str(store.bytes_written)))
         items.append(("$SYS/broker/store/commits", str(store.commits)))
         items.append(("$SYS/broker/store/compactions", str(store.compactions)))
