@@ -1,9 +1,11 @@
-# Flash persistence: an append-only log of state changes, compacted into a
-# snapshot by write-to-temp + rename (atomic on littlefs and POSIX).
+# Flash persistence: a journal of state changes, one small file per commit,
+# folded into a snapshot by write-to-temp + rename (atomic on littlefs and
+# POSIX).
 #
-# File format (docs/STORE.md has the full table):
-#   header  b"MIDG" + version byte + 3 zero bytes
-#   record  u32 length (type + body) | u8 type | body | u32 CRC-32 of all before it
+# Files (docs/STORE.md has the full format and the record table):
+#   midge.snap  b"MIDG" + version byte + 3 zero bytes + u32 base | records
+#   midge.<N>   records of commit N (N >= base)
+#   record      u32 length (type + body) | u8 type | body | u32 CRC-32 of all before it
 # Strings in a body are u16 length + bytes, payloads u32 length + bytes.
 #
 # Contracts:
@@ -15,10 +17,12 @@
 #   nothing a client was told (QoS 0 retained updates, a client's PUBACK or
 #   PUBCOMP, a queue drop) may wait up to store_sync_ms; retained updates of
 #   one topic inside that window are coalesced into one record.
-# - Crash safety: load() stops at the first record that is truncated or
+# - Crash safety: open() stops at the first record that is truncated or
 #   fails its CRC (a torn last write), keeps everything before it, counts
-#   it (store_damaged_records) and rewrites the log by compaction.
-# - Heap: load() reads one record at a time; no step holds the whole file.
+#   it (damaged_records), deletes every segment it did not load and
+#   compacts.
+# - Heap: open() reads one record at a time and keeps a message body only
+#   while something refers to it; no step holds a whole file.
 import binascii
 import struct
 
@@ -115,7 +119,7 @@ class Store:
         self.sync_ms = sync_ms          # store_sync_ms
         self.snap = directory + "/" + _SNAP
         self.tmp = directory + "/" + _TMP
-        self.gen = 1                    # log generation; bumps on compaction
+        self.gen = 1                    # snapshot generation; bumps on compaction
         self._next_mid = 1
         self._next_sid = 1
         self._sids = {}                 # sid -> Session, while loading
@@ -152,7 +156,7 @@ class Store:
         buf.extend(body)
         buf.extend(struct.pack(">I", crc & 0xFFFFFFFF))
 
-    def _cid(self, s):
+    def _sid(self, s):
         """The session's number in records: 4 bytes instead of its client
         id, so that a commit stays small enough for littlefs to keep it
         inline (a queued 64-byte message: about 110 bytes in all)."""
@@ -183,51 +187,51 @@ class Store:
         if not s.sid:
             s.sid = self._next_sid
             self._next_sid += 1
-        self._rec(R_SESSION, self._cid(s) + _s16(s.client_id.encode()))
+        self._rec(R_SESSION, self._sid(s) + _s16(s.client_id.encode()))
 
     def session_del(self, s):
-        self._rec(R_SESSION_DEL, self._cid(s))
+        self._rec(R_SESSION_DEL, self._sid(s))
 
     def sub(self, s, filt, qos):
-        self._rec(R_SUB, self._cid(s) + _s16(filt.encode()) + bytes((qos,)))
+        self._rec(R_SUB, self._sid(s) + _s16(filt.encode()) + bytes((qos,)))
 
     def unsub(self, s, filt):
-        self._rec(R_UNSUB, self._cid(s) + _s16(filt.encode()))
+        self._rec(R_UNSUB, self._sid(s) + _s16(filt.encode()))
 
     def queue(self, s, msg, qos):
         mid = self._msg_ref(msg)
-        self._rec(R_QUEUE, self._cid(s) + struct.pack(">IB", mid, qos))
+        self._rec(R_QUEUE, self._sid(s) + struct.pack(">IB", mid, qos))
 
     def drop(self, s):
-        self._rec(R_DROP, self._cid(s), False)
+        self._rec(R_DROP, self._sid(s), False)
 
     def send(self, s, pid):
-        self._rec(R_SEND, self._cid(s) + struct.pack(">H", pid))
+        self._rec(R_SEND, self._sid(s) + struct.pack(">H", pid))
 
     def inflight(self, s, msg, pid, qos, retain):
         mid = self._msg_ref(msg, retain)  # retain: sent from the retained store
-        self._rec(R_INFLIGHT, self._cid(s) + struct.pack(">IHBB", mid, pid, qos, 1 if retain else 0))
+        self._rec(R_INFLIGHT, self._sid(s) + struct.pack(">IHBB", mid, pid, qos, 1 if retain else 0))
 
     def comp(self, s, pid):
-        self._rec(R_COMP, self._cid(s) + struct.pack(">H", pid))
+        self._rec(R_COMP, self._sid(s) + struct.pack(">H", pid))
 
     def done(self, s, pid):
         # lost in a crash: the message is resent (QoS 1 allows it) or its
         # PUBREL is (QoS 2: the client answers PUBCOMP again)
-        self._rec(R_DONE, self._cid(s) + struct.pack(">H", pid), False)
+        self._rec(R_DONE, self._sid(s) + struct.pack(">H", pid), False)
 
     def in2_add(self, s, pid):
-        self._rec(R_IN2_ADD, self._cid(s) + struct.pack(">H", pid))
+        self._rec(R_IN2_ADD, self._sid(s) + struct.pack(">H", pid))
 
     def in2_del(self, s, pid):
-        self._rec(R_IN2_DEL, self._cid(s) + struct.pack(">H", pid))
+        self._rec(R_IN2_DEL, self._sid(s) + struct.pack(">H", pid))
 
     def will(self, s, msg):
-        self._rec(R_WILL, self._cid(s) + _s16(msg.topic_bytes) + bytes((msg.qos, 1 if msg.retain else 0))
+        self._rec(R_WILL, self._sid(s) + _s16(msg.topic_bytes) + bytes((msg.qos, 1 if msg.retain else 0))
                   + _b32(msg.payload))
 
     def will_del(self, s):
-        self._rec(R_WILL_DEL, self._cid(s))
+        self._rec(R_WILL_DEL, self._sid(s))
 
 
     # --- writing -------------------------------------------------------------------
@@ -375,7 +379,7 @@ class Store:
                 yield self._take()
             for e in s.inflight:
                 if e[4] == AWAIT_COMP:
-                    self._rec(R_INFLIGHT_COMP, self._cid(s) + struct.pack(">H", e[0]))
+                    self._rec(R_INFLIGHT_COMP, self._sid(s) + struct.pack(">H", e[0]))
                 else:
                     self.inflight(s, e[1], e[0], e[2], e[3])
                 yield self._take()
