@@ -1353,3 +1353,86 @@ def test_completed_outbound_qos2_not_delivered_again_after_crash():
         # a PUBREL again is fine (the PUBCOMP may be lost); the message is not
         assert [(x["payload"], x["dup"]) for x in pk if x["type"] == "publish"] == [], pk
         assert b.sessions["sub"].queue == []
+
+
+# --- a failing flash ---------------------------------------------------------------------
+
+class FailingFS:
+    """The platform filesystem, with writes that fail while `fail` is set
+    (a full or worn-out flash)."""
+
+    def __init__(self):
+        from midge.compat import OSFS
+        self.real = OSFS()
+        self.fail = False
+
+    def open(self, path, mode):
+        if self.fail and "w" in mode:
+            raise OSError(28, "ENOSPC")
+        return self.real.open(path, mode)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+def test_failed_write_raises_before_the_ack_and_is_repaired_by_compaction():
+    from midge.store import StoreWriteError
+    with Env() as env:
+        cfg = env.cfg()
+        fs = FailingFS()
+        st = Store(env.dir, fs=fs, max_bytes=cfg["store_max_bytes"], sync_ms=cfg["store_sync_ms"])
+        env.stores.append(st)
+        b = Broker(cfg, env.clock, store=st)
+        b.restore()
+        p, _, _ = client(b, "pub", clean=True)
+        publish(b, p, "a", b"1", qos=1, retain=True)
+        fs.fail = True
+        conn = p
+        feed_err = None
+        m_bytes = m.publish("b", b"2", 1, True, False, 2)
+        for first, start, end in frames(m_bytes):
+            handlers.handle(b, conn, first, m_bytes, start, end)
+        try:
+            b.commit()
+        except StoreWriteError as e:
+            feed_err = e
+        assert feed_err is not None        # the PUBACK queued for "b" must not be sent
+        assert st.errors == 1
+        assert retained(b, "b") == b"2"    # memory keeps the state
+        # a QoS 0 update while the flash still fails: no acknowledgement, no error raised
+        publish(b, p, "c", b"3", qos=0, retain=True)
+        env.clock.advance(cfg["store_sync_ms"])
+        b.tick()
+        try:
+            b.commit()
+        except StoreWriteError:
+            assert False, "nothing acknowledged waited on that write"
+        assert st.errors >= 2
+        fs.fail = False
+        publish(b, p, "d", b"4", qos=1, retain=True)  # the next commit rewrites the store
+        crash(b)
+        b2 = env.boot()
+        for topic, value in (("a", b"1"), ("b", b"2"), ("c", b"3"), ("d", b"4")):
+            assert retained(b2, topic) == value, topic
+        assert b2.store.damaged_records == 0
+
+
+def test_connection_does_not_send_an_ack_the_store_could_not_write():
+    # through midge.connection: the PUBACK of a publish whose record failed
+    # to write never reaches the client, and the connection is closed
+    from midge.connection import Connection
+    from test_connection import FakeReader, FakeWriter, run
+    with Env() as env:
+        cfg = env.cfg()
+        fs = FailingFS()
+        st = Store(env.dir, fs=fs, max_bytes=cfg["store_max_bytes"], sync_ms=cfg["store_sync_ms"])
+        env.stores.append(st)
+        b = Broker(cfg, env.clock, store=st)
+        b.restore()
+        fs.fail = True
+        data = [m.connect("pub", clean=True, keepalive=0) + m.publish("t", b"x", 1, True, False, 7)]
+        w = FakeWriter()
+        run(Connection(b, FakeReader(data), w).run())
+        types = [p["type"] for p in w.packets()]
+        assert "puback" not in types, types
+        assert st.errors >= 1

@@ -124,16 +124,29 @@ class Connection:
                 handlers.handle(broker, self, first, data, start, end)
                 pos = end
                 if self.closing:
-                    broker.commit()
+                    self._commit()
                     return
                 if broker.pressured and broker.should_pause(self):
                     paused = True  # stop between packets, not only between reads
                     break
             rest = bytes(data[pos:]) if pos < len(data) else b""
-            broker.commit()  # durable before any reply of this chunk is written
+            self._commit()  # durable before any reply of this chunk is written
             need_read = not paused
             if paused:
                 await self._backpressure()
+
+    def _commit(self):
+        """Broker.commit(); if the store could not write what this
+        connection's queued replies acknowledge, those replies are dropped
+        and the connection closed: nothing is acknowledged that is not
+        durable (the client resends after reconnecting)."""
+        try:
+            self.broker.commit()
+        except OSError as e:  # store.StoreWriteError
+            self._out = []
+            self._out_bytes = 0
+            log.error("%s closed: %s", self._name(), e)
+            self.close()
 
     async def _backpressure(self):
         """Wait while a connected subscriber's queue is over half full, at
@@ -165,7 +178,9 @@ class Connection:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            self.broker.commit()  # e.g. records of a pump() after the last drain
+            self._commit()  # e.g. records of a pump() after the last drain
+            if not self._out:
+                continue
             out = self._out
             data = out[0] if len(out) == 1 else b"".join(out)
             self._out = []

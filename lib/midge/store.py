@@ -67,6 +67,12 @@ class StoreError(Exception):
     """A store that cannot be used (wrong magic or version): start-up stops."""
 
 
+class StoreWriteError(OSError):
+    """Records that back an acknowledgement could not be written: the
+    connection layer must not send that acknowledgement (it closes the
+    connection instead; the client resends, as QoS 1/2 lets it)."""
+
+
 def _s16(b):
     return struct.pack(">H", len(b)) + b
 
@@ -138,6 +144,7 @@ class Store:
         self.damaged_records = 0
         self.errors = 0
         self.opened = False             # False while loading: replay writes no records
+        self._resync = False            # a write failed: flash must be rewritten from memory
 
     # --- recording (called by the broker as state changes) ---------------------
 
@@ -252,6 +259,9 @@ class Store:
                 or len(self._buf) >= _BUF_FLUSH_BYTES):
             return
         self._flush_retain()
+        if self._resync:
+            self._recover(broker)
+            return
         data = self._buf
         try:
             # one new small file per commit: littlefs keeps a file of up to
@@ -270,10 +280,7 @@ class Store:
             self.bytes_written += len(data)
             self.commits += 1
         except OSError as e:
-            # the state stays in memory; acknowledgements already queued go
-            # out (documented: a full or failing flash loses durability)
-            self.errors += 1
-            log.error("store write failed: %s", e)
+            self._failed(e)  # raises StoreWriteError if an acknowledgement waits on it
         self._buf = bytearray()
         self._urgent = False
         self._since_ms = -1
@@ -286,6 +293,33 @@ class Store:
                 or self._snap_size + j > self.max_bytes // 2):
             self.compact(broker)
             self._fit(broker)
+
+    def _failed(self, e):
+        """A write failed (flash full or failing). Memory keeps the state;
+        the flash no longer matches it, so the next commit rewrites it by
+        compaction instead of appending. If the buffer backed an
+        acknowledgement, StoreWriteError tells the caller not to send it."""
+        self.errors += 1
+        self._resync = True
+        urgent = self._urgent
+        self._buf = bytearray()
+        self._urgent = False
+        self._since_ms = -1
+        log.error("store write failed: %s", e)
+        if urgent:
+            raise StoreWriteError("store write failed: %s" % e)
+
+    def _recover(self, broker):
+        """After a failed write: a compaction makes the flash match memory."""
+        self._buf = bytearray()
+        self._retain = {}
+        try:
+            self.compact(broker)
+            self._resync = False
+        except OSError as e:
+            self._failed(e)
+        self._urgent = False
+        self._since_ms = -1
 
     def _seg(self, seq):
         return self.dir + "/" + _SEG + str(seq)
@@ -315,7 +349,8 @@ class Store:
         r = self._retain
         for topic in r:
             qos, payload = r[topic]
-            self._rec(R_RETAIN, _s16(topic.encode()) + bytes((qos,)) + _b32(payload))
+            # urgency was decided when the update came in (retain())
+            self._rec(R_RETAIN, _s16(topic.encode()) + bytes((qos,)) + _b32(payload), False)
         self._retain = {}
 
     # --- compaction ----------------------------------------------------------------
