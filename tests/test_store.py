@@ -204,16 +204,16 @@ class Env:
             o.update(extra)
         return load_config(o)
 
-    def store(self, directory=None, **extra):
+    def store(self, directory=None, fs=None, **extra):
         cfg = self.cfg(extra)
-        st = Store(directory or self.dir, max_bytes=cfg["store_max_bytes"],
+        st = Store(directory or self.dir, fs=fs, max_bytes=cfg["store_max_bytes"],
                    sync_ms=cfg["store_sync_ms"])
         self.stores.append(st)
         return cfg, st
 
-    def boot(self, directory=None, **extra):
+    def boot(self, directory=None, fs=None, **extra):
         """A broker started on the directory, as server.py does it."""
-        cfg, st = self.store(directory, **extra)
+        cfg, st = self.store(directory, fs, **extra)
         b = Broker(cfg, self.clock, store=st)
         b.restore()
         return b
@@ -1380,10 +1380,8 @@ def test_failed_write_raises_before_the_ack_and_is_repaired_by_compaction():
     with Env() as env:
         cfg = env.cfg()
         fs = FailingFS()
-        st = Store(env.dir, fs=fs, max_bytes=cfg["store_max_bytes"], sync_ms=cfg["store_sync_ms"])
-        env.stores.append(st)
-        b = Broker(cfg, env.clock, store=st)
-        b.restore()
+        b = env.boot(fs=fs)
+        st = b.store
         p, _, _ = client(b, "pub", clean=True)
         publish(b, p, "a", b"1", qos=1, retain=True)
         fs.fail = True
@@ -1423,12 +1421,9 @@ def test_connection_does_not_send_an_ack_the_store_could_not_write():
     from midge.connection import Connection
     from test_connection import FakeReader, FakeWriter, run
     with Env() as env:
-        cfg = env.cfg()
         fs = FailingFS()
-        st = Store(env.dir, fs=fs, max_bytes=cfg["store_max_bytes"], sync_ms=cfg["store_sync_ms"])
-        env.stores.append(st)
-        b = Broker(cfg, env.clock, store=st)
-        b.restore()
+        b = env.boot(fs=fs)
+        st = b.store
         fs.fail = True
         data = [m.connect("pub", clean=True, keepalive=0) + m.publish("t", b"x", 1, True, False, 7)]
         w = FakeWriter()

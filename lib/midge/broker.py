@@ -83,7 +83,7 @@ class Broker:
     def count(self, name):
         self.counters[name] += 1
 
-    def _st(self, s):
+    def store_for(self, s):
         """The store, if this session's state is persisted (clean 0)."""
         st = self.store
         return st if st is not None and not s.clean else None
@@ -140,9 +140,6 @@ class Broker:
         self.queued_total += 1
         self.queued_bytes_total += size
 
-    def restore_dequeue(self, s):
-        return self._dequeue(s)
-
     def now_ms(self):
         """Milliseconds since the broker started; never wraps. Called at
         every tick (4 a second) and on connect/detach, far more often than
@@ -194,12 +191,12 @@ class Broker:
                 return False
             s = Session(cid, c.clean, now)
             self.sessions[cid] = s
-            st = self._st(s)
+            st = self.store_for(s)
             if st is not None:
                 st.session(s)
         s.will = will
         if will is not None:
-            st = self._st(s)
+            st = self.store_for(s)
             if st is not None:
                 st.will(s, will)  # published after a restart if still set
         s.conn = conn
@@ -232,7 +229,7 @@ class Broker:
         will = s.will
         s.will = None
         if will is not None:
-            st = self._st(s)
+            st = self.store_for(s)
             if st is not None:
                 st.will_del(s)
         if log.level <= log.INFO:
@@ -254,7 +251,7 @@ class Broker:
 
     def drop_session(self, s):
         """Forget a session and everything it holds."""
-        st = self._st(s)
+        st = self.store_for(s)
         if st is not None and st.opened:
             st.session_del(s)
         self.pressured.pop(s, None)
@@ -326,7 +323,7 @@ class Broker:
         if (conn is not None and not s.queue and len(s.inflight) < self.max_inflight
                 and conn.room() > 0):
             pid = self._send_new(s, msg, qos, False)
-            st = self._st(s)
+            st = self.store_for(s)
             if st is not None:
                 st.inflight(s, msg, pid, qos, False)
         else:
@@ -353,11 +350,11 @@ class Broker:
             self.count("queue_dropped")
             return
         q = s.queue
-        st = self._st(s)
+        st = self.store_for(s)
         while q and (len(q) >= self.max_queued or s.queued_bytes + size > self.max_queued_bytes
                      or self.queued_total >= self.max_queued_total
                      or self.queued_bytes_total + size > self.max_queued_bytes_total):
-            self._dequeue(s)
+            self.dequeue(s)
             self.count("queue_dropped")
             if st is not None:
                 st.drop(s)
@@ -374,7 +371,7 @@ class Broker:
         if s.conn is not None and s not in self.pressured and self._over_half(s):
             self.pressured[s] = self.uptime_ms
 
-    def _dequeue(self, s):
+    def dequeue(self, s):
         """Oldest queued (msg, qos) of a session, keeping the totals."""
         entry = s.queue.pop(0)
         size = entry[0].size()
@@ -419,7 +416,7 @@ class Broker:
             s.backlog_pos += 1
             if qos:
                 pid = self._send_new(s, msg, qos, True)
-                st = self._st(s)
+                st = self.store_for(s)
                 if st is not None:
                     st.inflight(s, msg, pid, qos, True)
             else:
@@ -430,9 +427,9 @@ class Broker:
             s.backlog = []
             s.backlog_pos = 0
         q = s.queue
-        st = self._st(s)
+        st = self.store_for(s)
         while q and len(s.inflight) < self.max_inflight and conn.room() > 0:
-            msg, qos = self._dequeue(s)
+            msg, qos = self.dequeue(s)
             pid = self._send_new(s, msg, qos, False)
             if st is not None:
                 st.send(s, pid)
@@ -461,7 +458,7 @@ class Broker:
         e = s.find_inflight(pid)
         if e is not None and e[QOS] == 1:
             s.inflight.remove(e)
-            st = self._st(s)
+            st = self.store_for(s)
             if st is not None:
                 st.done(s, pid)
             self.pump(s)
@@ -471,7 +468,7 @@ class Broker:
         if e is not None and e[QOS] == 2 and e[STATE] == AWAIT_ACK:
             e[STATE] = AWAIT_COMP
             e[MSG] = None  # the message itself is no longer needed [MQTT-4.3.3-1]
-            st = self._st(s)
+            st = self.store_for(s)
             if st is not None:
                 st.comp(s, pid)
         s.conn.send(codec.pubrel(pid))
@@ -480,7 +477,7 @@ class Broker:
         e = s.find_inflight(pid)
         if e is not None and e[STATE] == AWAIT_COMP:
             s.inflight.remove(e)
-            st = self._st(s)
+            st = self.store_for(s)
             if st is not None:
                 st.done(s, pid)
             self.pump(s)
@@ -510,7 +507,7 @@ class Broker:
                 continue
             s.subs[filt] = qos
             self.subs.add(levels, s, qos)
-            st = self._st(s)
+            st = self.store_for(s)
             if st is not None:
                 st.sub(s, filt, qos)
             codes.append(qos)
@@ -534,7 +531,7 @@ class Broker:
                 levels = topics.filter_levels(filt)
                 if levels is not None:
                     self.subs.remove(levels, s)
-                st = self._st(s)
+                st = self.store_for(s)
                 if st is not None:
                     st.unsub(s, filt)
         s.conn.send(codec.unsuback(pid))  # [MQTT-3.10.4-4]

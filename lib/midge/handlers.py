@@ -33,7 +33,7 @@ def handle(broker, conn, first, buf, start, end):
         pid = codec.decode_pid_only(flags, 0x02, buf, start, end)
         if pid in s.in_qos2:
             s.in_qos2.discard(pid)
-            st = broker._st(s)
+            st = broker.store_for(s)
             if st is not None:
                 st.in2_del(s, pid)
         conn.send(codec.pubcomp(pid))  # [MQTT-4.3.3-2]
@@ -84,7 +84,7 @@ def _publish(broker, conn, s, flags, buf, start, end):
         if len(s.in_qos2) >= broker.cfg["max_inflight_in"]:
             raise ProtocolError("too many QoS 2 messages awaiting PUBREL", 0x93, "inflight_in_exceeded")
         s.in_qos2.add(pid)
-        st = broker._st(s)
+        st = broker.store_for(s)
         if st is not None:
             st.in2_add(s, pid)
     if topics.is_sys_reserved(topic):

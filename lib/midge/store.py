@@ -579,10 +579,10 @@ class Store:
             msg = _ref(msgs, r.u32())
             broker.restore_queue(s, msg, r.u8())
         elif rtype == R_DROP:
-            msg, qos = broker.restore_dequeue(s)
+            msg, qos = broker.dequeue(s)
             _unref(msgs, msg)
         elif rtype == R_SEND:
-            msg, qos = broker.restore_dequeue(s)
+            msg, qos = broker.dequeue(s)
             s.inflight.append([r.u16(), msg, qos, False, AWAIT_ACK])
         elif rtype == R_INFLIGHT:
             msg = _ref(msgs, r.u32())
