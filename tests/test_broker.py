@@ -249,7 +249,7 @@ def test_routing_qos_downgrade():
                 b.pubrec(c.session, got[0]["pid"])
                 c.take()
                 b.pubcomp(c.session, got[0]["pid"])
-    assert c.session.inflight == []
+    assert len(c.session.inflight) == 0
 
 
 def test_live_forwarding_clears_retain():
@@ -395,7 +395,7 @@ def test_queue_total_caps_over_all_sessions():
     assert [e[0].payload for e in b.sessions["b"].queue] == [b"b1"]
     assert len(b.sessions["a"].queue) == 2
     pub(b, "z", b"z0", 1)
-    assert b.sessions["z"].queue == [] and b.counters["queue_dropped"] == 2
+    assert len(b.sessions["z"].queue) == 0 and b.counters["queue_dropped"] == 2
     assert b.queued_total == 3
     # delivering and dropping sessions keep the totals exact
     c, ok, ack = connect(b, "a", clean=False)
@@ -428,7 +428,7 @@ def test_queue_disabled():
     sub(b, c, "t", 1)
     b.detach(c, True)
     pub(b, "t", b"x", 1)
-    assert b.sessions["c"].queue == []
+    assert len(b.sessions["c"].queue) == 0
     assert b.counters["queue_dropped"] == 1
 
 
@@ -466,13 +466,13 @@ def test_slow_consumer_drops_qos0_queues_qos1():
     assert b.counters["slow_dropped"] == 1
     pub(b, "t", b"q1", 1)
     s = c.session
-    assert len(s.queue) == 1 and s.inflight == []
+    assert len(s.queue) == 1 and len(s.inflight) == 0
     assert c.out == b"x" * 20   # nothing was written
     c.out = b""            # the socket drained
     b.pump(s)
     got = publishes(c.take())
     assert [p["payload"] for p in got] == [b"q1"] and got[0]["qos"] == 1
-    assert s.queue == []
+    assert len(s.queue) == 0
 
 
 def test_slow_consumer_others_unaffected():
@@ -647,7 +647,7 @@ def test_qos1_puback_flow():
     b.puback(s, p["pid"] + 1)  # unknown pid: ignored
     assert len(s.inflight) == 1
     b.puback(s, p["pid"])
-    assert s.inflight == []
+    assert len(s.inflight) == 0
     b.puback(s, p["pid"])      # duplicate: harmless
     assert c.take() == []
 
@@ -670,7 +670,7 @@ def test_qos2_pubrec_pubrel_pubcomp_flow():
     pk = c.take()
     assert pk[0]["type"] == "pubrel" and pk[0]["pid"] == p["pid"]
     b.pubcomp(s, p["pid"])
-    assert s.inflight == []
+    assert len(s.inflight) == 0
 
 
 def test_qos2_puback_does_not_complete():

@@ -293,7 +293,7 @@ def test_puback_and_pubrec_pubcomp_from_client():
     pk = rx.take()
     assert pk[0]["type"] == "pubrel" and pk[0]["pid"] == p2
     feed(b, rx, m.pubcomp(p2))
-    assert rx.session.inflight == []
+    assert len(rx.session.inflight) == 0
 
 
 def _msg(topic, qos):

@@ -4,7 +4,7 @@ from midge.session import Session, PID, MSG, QOS, STATE, AWAIT_ACK, AWAIT_COMP
 
 
 def _inflight(s, pid):
-    s.inflight.append([pid, Message("t", b"x", 1, False), 1, False, AWAIT_ACK])
+    s.add_inflight([pid, Message("t", b"x", 1, False), 1, False, AWAIT_ACK])
 
 
 def test_new_session_fields():
@@ -12,7 +12,7 @@ def test_new_session_fields():
     assert s.client_id == "c1" and s.clean is False
     assert s.last_seen_ms == 1234
     assert s.conn is None and s.will is None
-    assert s.subs == {} and s.inflight == [] and s.queue == []
+    assert s.subs == {} and len(s.inflight) == 0 and len(s.queue) == 0
     assert not s.has_pending()
 
 
@@ -83,7 +83,7 @@ def test_find_inflight():
 def test_has_pending_and_clear():
     s = Session("c", False, 0)
     m1 = Message("a", b"1", 1, False)
-    s.queue.append((m1, 1))
+    s.add_queued((m1, 1))
     s.queued_bytes = m1.size()
     assert s.has_pending()
     s.queue = []
@@ -94,9 +94,35 @@ def test_has_pending_and_clear():
     s.backlog_pos = 2
     assert not s.has_pending()
     _inflight(s, 5)
-    s.in_qos2.add(9)
-    s.queue.append((m1, 1))
+    s.add_in_qos2(9)
+    s.add_queued((m1, 1))
     s.clear_delivery_state()
-    assert s.inflight == [] and s.queue == [] and s.queued_bytes == 0
-    assert s.backlog == [] and s.backlog_pos == 0 and len(s.in_qos2) == 0
+    assert len(s.inflight) == 0 and len(s.queue) == 0 and s.queued_bytes == 0
+    assert len(s.backlog) == 0 and s.backlog_pos == 0 and len(s.in_qos2) == 0
     assert not s.has_pending()
+
+
+def test_containers_start_shared_and_return_to_empty():
+    # an idle session holds no containers of its own (class-level empty
+    # tuples); the add_/drop_/pop_ helpers create and release them
+    s = Session("c", True, 0)
+    t = Session("d", True, 0)
+    assert s.inflight is t.inflight and s.queue is t.queue and s.in_qos2 is t.in_qos2
+    e = [1, Message("t", b"x", 1, False), 1, False, AWAIT_ACK]
+    s.add_inflight(e)
+    assert len(s.inflight) == 1 and len(t.inflight) == 0
+    s.drop_inflight(e)
+    assert s.inflight == ()
+    m1 = Message("t", b"x", 1, False)
+    s.add_queued((m1, 1))
+    s.add_queued((m1, 0))
+    assert s.pop_queued() == (m1, 1) and len(s.queue) == 1
+    assert s.pop_queued() == (m1, 0) and s.queue == ()
+    s.add_in_qos2(5)
+    s.add_in_qos2(6)
+    s.drop_in_qos2(5)
+    assert 6 in s.in_qos2 and 5 not in s.in_qos2
+    s.drop_in_qos2(6)
+    s.drop_in_qos2(7)  # unknown pid: nothing happens
+    assert s.in_qos2 == ()
+    assert len(t.queue) == 0 and len(t.in_qos2) == 0

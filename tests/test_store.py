@@ -578,7 +578,7 @@ def test_outbound_await_ack_resent_with_dup_after_restart():
 
         b = env.boot()
         st = b.sessions["sub"]
-        assert st.conn is None and st.queue == []
+        assert st.conn is None and len(st.queue) == 0
         assert [(e[0], e[1].payload, e[2], e[4]) for e in st.inflight] == [
             (pid2, b"m2", 2, AWAIT_ACK), (pid3, b"m3", 1, AWAIT_ACK)]
         s, present, pk = client(b, "sub")
@@ -589,7 +589,7 @@ def test_outbound_await_ack_resent_with_dup_after_restart():
         feed(b, s, m.puback(pid3) + m.pubrec(pid2))
         assert kinds(s.take()) == ["pubrel"]
         feed(b, s, m.pubcomp(pid2))
-        assert st.inflight == []
+        assert len(st.inflight) == 0
 
 
 def test_outbound_await_comp_pubrel_resent_after_restart():
@@ -615,13 +615,13 @@ def test_outbound_await_comp_pubrel_resent_after_restart():
         assert present == 1
         assert [(x["type"], x["pid"]) for x in pk] == [("pubrel", pid)]  # no PUBLISH again
         feed(b, s, m.pubcomp(pid))
-        assert b.sessions["sub"].inflight == []
+        assert len(b.sessions["sub"].inflight) == 0
         disconnect(b, s)
         env.settle(b)
         crash(b)
 
         b = env.boot()
-        assert b.sessions["sub"].inflight == []
+        assert len(b.sessions["sub"].inflight) == 0
         s, present, pk = client(b, "sub")
         assert present == 1 and pk == []
 
@@ -648,12 +648,12 @@ def test_inbound_qos2_state_round_trip():
         assert queue_of(b, "w") == [(b"once", 2)]  # not delivered twice [MQTT-4.3.3-2]
         feed(b, p, m.pubrel(7))
         assert [(x["type"], x["pid"]) for x in p.take()] == [("pubcomp", 7)]
-        assert b.sessions["pub"].in_qos2 == set()
+        assert len(b.sessions["pub"].in_qos2) == 0
         env.settle(b)
         crash(b)
 
         b = env.boot()
-        assert b.sessions["pub"].in_qos2 == set()
+        assert len(b.sessions["pub"].in_qos2) == 0
         p, _, _ = client(b, "pub")
         publish(b, p, "in/x", b"next", qos=2, pid=7)  # pid 7 is free again
         assert queue_of(b, "w") == [(b"once", 2), (b"next", 2)]
@@ -1321,7 +1321,7 @@ def test_qos2_release_durable_before_pubcomp():
         assert [(x["type"], x["pid"]) for x in p.take()] == [("pubcomp", 7)]
         crash(b)                              # within store_sync_ms of the PUBCOMP
         b = env.boot()
-        assert b.sessions["pub"].in_qos2 == set(), b.sessions["pub"].in_qos2
+        assert len(b.sessions["pub"].in_qos2) == 0, b.sessions["pub"].in_qos2
         p, _, _ = client(b, "pub")
         pk = publish(b, p, "in", b"second", qos=2, pid=7)
         assert kinds(pk) == ["pubrec"]
@@ -1345,14 +1345,14 @@ def test_completed_outbound_qos2_not_delivered_again_after_crash():
         feed(b, s, m.pubrec(pid))
         assert kinds(s.take()) == ["pubrel"]
         feed(b, s, m.pubcomp(pid))
-        assert b.sessions["sub"].inflight == [] and b.sessions["sub"].queue == []
+        assert len(b.sessions["sub"].inflight) == 0 and len(b.sessions["sub"].queue) == 0
         crash(b)                              # within store_sync_ms
         b = env.boot()
         s, present, pk = client(b, "sub")
         assert present == 1
         # a PUBREL again is fine (the PUBCOMP may be lost); the message is not
         assert [(x["payload"], x["dup"]) for x in pk if x["type"] == "publish"] == [], pk
-        assert b.sessions["sub"].queue == []
+        assert len(b.sessions["sub"].queue) == 0
 
 
 # --- a failing flash ---------------------------------------------------------------------

@@ -79,6 +79,14 @@ class Broker:
         # they got there. While one is here (for at most _PRESSURE_MAX_MS),
         # other connections pause between packets (backpressure_ms).
         self.pressured = {}
+        self.max_outbound = cfg["max_outbound_bytes"]
+        self.max_packet = cfg["max_packet_size"]
+        # Output plumbing shared with the connection layer (connection.py):
+        # connections with queued output, whether a read loop is handling a
+        # chunk (it flushes at the end), whether a flush task is scheduled.
+        self.dirty = []
+        self.flush_hold = False
+        self.flush_scheduled = False
 
     def count(self, name):
         self.counters[name] += 1
@@ -134,7 +142,7 @@ class Broker:
             self.subs.remove(topics.split(filt), s)
 
     def restore_queue(self, s, msg, qos):
-        s.queue.append((msg, qos))
+        s.add_queued((msg, qos))
         size = msg.size()
         s.queued_bytes += size
         self.queued_total += 1
@@ -290,10 +298,12 @@ class Broker:
 
     # --- routing -----------------------------------------------------------------
 
-    def publish(self, msg, exempt=False):
+    def publish(self, msg, exempt=False, cache_route=False):
         """Route one message: retained store, then every matching session
         once at the highest granted QoS, downgraded to the message's QoS
-        [MQTT-3.8.4-6]."""
+        [MQTT-3.8.4-6]. cache_route: the topic came from a client PUBLISH
+        and passed check_name; a QoS 0, retain 0 message then leaves its
+        route in the cache that forward_qos0 uses."""
         levels = topics.split(msg.topic)
         if msg.retain:
             if not self.retained.set(levels, msg, exempt):
@@ -306,6 +316,41 @@ class Broker:
         for s in matches:
             q = matches[s]
             self.deliver(s, msg, q if q < mq else mq)
+        if cache_route and not mq and not msg.retain:
+            self.subs.cache_route(msg.topic_bytes, tuple(matches))
+
+    def forward_qos0(self, conn, buf, pos, start, end):
+        """Fast path for a PUBLISH with fixed header 0x30 (QoS 0, retain 0)
+        at buf[pos:end], body at buf[start:end], whose topic was routed
+        before (Subscriptions.route): the packet goes to every subscriber
+        byte for byte, the one frame shared by all (every delivery of a QoS
+        0 message is QoS 0 and retain 0, and the body layout is the same
+        for every protocol level spoken); no Message is built. Returns
+        False when it did nothing: no session yet, or the topic is not in
+        the route cache; the caller then takes the full path, which
+        validates the topic and caches its route."""
+        if conn.session is None or end - start < 2:
+            return False
+        t_end = start + 2 + ((buf[start] << 8) | buf[start + 1])
+        if t_end > end:
+            return False
+        route = self.subs.route(bytes(buf[start + 2:t_end]))
+        if route is None:
+            return False
+        self.msgs_in += 1
+        frame = None
+        for s in route:
+            c = s.conn
+            if c is None:
+                continue  # QoS 0 is not queued for offline sessions
+            if c.room() <= 0:
+                self.counters["slow_dropped"] += 1
+                continue
+            if frame is None:
+                frame = bytes(buf[pos:end])
+            c.send(frame)
+            self.msgs_out += 1
+        return True
 
     def deliver(self, s, msg, qos):
         """Send a live message to one session or queue it (retain 0
@@ -331,7 +376,7 @@ class Broker:
 
     def _send_new(self, s, msg, qos, retain):
         pid = s.next_pid()
-        s.inflight.append([pid, msg, qos, retain, AWAIT_ACK])
+        s.add_inflight([pid, msg, qos, retain, AWAIT_ACK])
         conn = s.conn
         conn.send(msg.head(qos, retain, False))
         conn.send(codec.pid_bytes(pid))
@@ -349,9 +394,8 @@ class Broker:
         if size > self.max_queued_bytes or self.max_queued == 0:
             self.count("queue_dropped")
             return
-        q = s.queue
         st = self.store_for(s)
-        while q and (len(q) >= self.max_queued or s.queued_bytes + size > self.max_queued_bytes
+        while s.queue and (len(s.queue) >= self.max_queued or s.queued_bytes + size > self.max_queued_bytes
                      or self.queued_total >= self.max_queued_total
                      or self.queued_bytes_total + size > self.max_queued_bytes_total):
             self.dequeue(s)
@@ -362,7 +406,7 @@ class Broker:
                 or self.queued_bytes_total + size > self.max_queued_bytes_total):
             self.count("queue_dropped")
             return
-        q.append((msg, qos))
+        s.add_queued((msg, qos))
         s.queued_bytes += size
         self.queued_total += 1
         self.queued_bytes_total += size
@@ -373,7 +417,7 @@ class Broker:
 
     def dequeue(self, s):
         """Oldest queued (msg, qos) of a session, keeping the totals."""
-        entry = s.queue.pop(0)
+        entry = s.pop_queued()
         size = entry[0].size()
         s.queued_bytes -= size
         self.queued_total -= 1
@@ -424,7 +468,7 @@ class Broker:
                 conn.send(msg.payload)
                 self.msgs_out += 1
         if s.backlog_pos >= len(bl) and bl:
-            s.backlog = []
+            s.backlog = ()
             s.backlog_pos = 0
         q = s.queue
         st = self.store_for(s)
@@ -457,7 +501,7 @@ class Broker:
     def puback(self, s, pid):
         e = s.find_inflight(pid)
         if e is not None and e[QOS] == 1:
-            s.inflight.remove(e)
+            s.drop_inflight(e)
             st = self.store_for(s)
             if st is not None:
                 st.done(s, pid)
@@ -476,7 +520,7 @@ class Broker:
     def pubcomp(self, s, pid):
         e = s.find_inflight(pid)
         if e is not None and e[STATE] == AWAIT_COMP:
-            s.inflight.remove(e)
+            s.drop_inflight(e)
             st = self.store_for(s)
             if st is not None:
                 st.done(s, pid)

@@ -1,5 +1,9 @@
 # One client connection: the ONE place that turns errors into a close.
 #
+# Memory: an idle client holds one task (run(), waiting in readinto) and
+# this object; nothing else. Attributes that most connections never change
+# are class defaults, so they cost no instance heap until assigned.
+#
 # Reading: chunks of up to _CHUNK bytes into ONE buffer shared by all
 # connections (a per-read allocation fragments a device heap, a buffer per
 # connection costs _CHUNK per idle client). Sharing is safe because every
@@ -8,52 +12,98 @@
 # codec.split_frame rejects an oversize packet from its length field.
 #
 # Writing: handlers and the broker call send(), which only appends to a
-# list; a writer task joins the list and writes it in one go, so the
-# replies of one wake-up leave in one write. Bytes queued but not yet
-# drained are capped by max_outbound_bytes (see Broker.deliver for what
-# happens above it); a drain that takes longer than write_timeout_ms is
-# found by Server.tick, which closes the connection.
+# list and puts the connection on broker.dirty. flush_dirty() hands each
+# dirty connection's list to its stream in one write: at the end of every
+# chunk a read loop handled (so the replies and deliveries of one wake-up
+# leave in one write per connection), or from a one-shot task for sends
+# made outside a read loop (ticks, wills, drains). A write that the stream
+# could not take at once is drained by a task that exists only while
+# draining. Bytes queued and not yet drained are capped by
+# max_outbound_bytes (see Broker.deliver for what happens above it); a drain
+# that takes longer than write_timeout_ms is found by Server.tick, which
+# closes the connection.
+#
+# Durability: every write is preceded by Broker.commit(), so nothing leaves
+# that acknowledges what the store has not written.
 import asyncio
 
 from . import codec, handlers, log
-from .compat import const, ticks_ms, ticks_diff, print_exception, peer_text, read_chunk, sleep_ms
+from .compat import const, ticks_ms, ticks_diff, print_exception, peer_text, sleep_ms, stream_reader, unsent
 from .protocol import ProtocolError
 
 _CHUNK = const(4096)
 _shared_buf = bytearray(_CHUNK)
+_shared_mv = memoryview(_shared_buf)
 _PAUSE_STEP_MS = const(2)
+_QOS0_PUBLISH = const(0x30)  # fixed header of a QoS 0, retain 0, DUP 0 PUBLISH
+
+
+def flush_dirty(broker):
+    """Write the queued output of every connection on broker.dirty."""
+    d = broker.dirty
+    while d:
+        d.pop().flush()
+
+
+async def _flush_later(broker):
+    broker.flush_scheduled = False
+    flush_dirty(broker)
+
+
+def _schedule_flush(broker):
+    broker.flush_scheduled = True
+    coro = _flush_later(broker)
+    try:
+        asyncio.create_task(coro)
+    except RuntimeError:
+        # no running event loop (CPython, a test poking a connection
+        # directly): nothing could write now; the next flush will
+        coro.close()
+        broker.flush_scheduled = False
 
 
 class Connection:
-    def __init__(self, broker, reader, writer):
+    session = None          # set by Broker.connect
+    keepalive_ms = 0        # set by Broker.connect
+    drain_started_ms = -1   # >= 0 while a write is draining
+    closing = False         # no more packets are handled once set
+    graceful = False        # DISCONNECT received: no will
+    _out = ()               # bytes objects waiting to be written (a list once sent to)
+    _out_bytes = 0          # bytes in _out + written and not yet drained
+    _drainer = None         # the task draining the stream, while one runs
+    _paused = False         # the read loop stopped for backpressure
+    _done = False           # socket closed: nothing more is written
+    _task = None            # the task running run()
+    registry = None         # list this connection is in while it runs
+
+    def __init__(self, broker, reader, writer, registry=None):
         self.broker = broker
-        self.reader = reader
+        self.reader = stream_reader(reader)
         self.writer = writer
-        self.session = None        # set by Broker.connect
-        self.keepalive_ms = 0      # set by Broker.connect
-        self.opened_ms = ticks_ms()
-        self.last_rx_ms = self.opened_ms
-        self.drain_started_ms = -1  # >= 0 while a write is draining
-        self.closing = False       # no more packets are handled once set
-        self.graceful = False      # DISCONNECT received: no will
-        self.peer = peer_text(writer)
-        self._out = []             # bytes objects waiting for the writer task
-        self._out_bytes = 0        # queued + being drained
-        self._max_out = broker.cfg["max_outbound_bytes"]
-        self._wake = asyncio.Event()
-        self._task = None          # the task running run()
-        self._writer_task = None
+        self.opened_ms = self.last_rx_ms = ticks_ms()
+        if registry is not None:
+            self.registry = registry
+            registry.append(self)
+
+    @property
+    def peer(self):
+        return peer_text(self.writer)
 
     # --- interface used by the broker --------------------------------------
 
     def send(self, data):
-        if not self._out:
-            self._wake.set()
-        self._out.append(data)
+        out = self._out
+        if not out:
+            out = self._out = []
+            b = self.broker
+            b.dirty.append(self)
+            if not b.flush_hold and not b.flush_scheduled:
+                _schedule_flush(b)
+        out.append(data)
         self._out_bytes += len(data)
 
     def room(self):
-        return self._max_out - self._out_bytes
+        return self.broker.max_outbound - self._out_bytes
 
     def close(self):
         """Ask to close, from any task. The reading task is cancelled unless
@@ -61,25 +111,60 @@ class Connection:
         if self.closing:
             return
         self.closing = True
-        self._wake.set()
         task = self._task
         if task is not None and task is not asyncio.current_task():
             task.cancel()
+
+    def flush(self):
+        """Commit, then hand what is queued to the stream, unless a drain is
+        running: that task writes the rest when the stream has drained."""
+        broker = self.broker
+        while self._out and self._drainer is None and not self._done:
+            if not self._commit():
+                return
+            try:
+                n = self._write_out()
+            except OSError as e:  # the stream writes at once where it can
+                log.debug("%s write error %s", self._name(), e)
+                self.close()
+                return
+            if unsent(self.writer):
+                self._drainer = asyncio.create_task(self._drain(n))
+                return
+            # the socket took it all: the room is free again at once
+            self._out_bytes -= n
+            broker.bytes_out += n
+            s = self.session
+            if s is not None and s.has_pending():
+                broker.pump(s)  # may queue more: written by the next turn
 
     # --- the connection's life --------------------------------------------------
 
     async def run(self):
         self._task = asyncio.current_task()
-        self._writer_task = asyncio.create_task(self._write_loop())
         broker = self.broker
+        reader = self.reader
+        rest = b""  # bytes read but not yet handled (own copy, never the shared buffer)
         try:
-            await self._read_loop()
+            while not self.closing:
+                if self._paused:
+                    self._paused = False
+                    await self._backpressure()
+                    data = rest
+                else:
+                    n = await reader.readinto(_shared_buf)
+                    if not n:
+                        break  # EOF
+                    self.last_rx_ms = ticks_ms()
+                    broker.bytes_in += n
+                    data = _shared_mv[:n]
+                    if rest:
+                        data = rest + data
+                rest = self._handle(data)
         except ProtocolError as e:
             broker.count(e.counter)
             if log.level <= log.INFO:
                 log.info("%s closed: %s", self._name(), e.args[0] if e.args else e)
-        except EOFError:
-            pass
         except OSError as e:
             log.debug("%s socket error %s", self._name(), e)
         except asyncio.CancelledError:
@@ -95,58 +180,93 @@ class Connection:
         except Exception as e:
             log.error("detach failed: %r", e)
             print_exception(e)
-        await self._finish()
+        flush_dirty(broker)  # e.g. the will, delivered to other clients
+        try:
+            await self._finish()
+        finally:
+            reg = self.registry
+            if reg is not None:
+                reg.remove(self)
 
-    async def _read_loop(self):
-        reader = self.reader
+    def _handle(self, data):
+        """Handle every complete packet in `data`, then flush what they
+        queued. Returns the unhandled tail as an own copy. Stops early when
+        closing, or when backpressure asks (sets _paused)."""
         broker = self.broker
-        max_packet = broker.cfg["max_packet_size"]
-        rest = b""       # bytes read but not yet handled (own copy, never the shared buffer)
-        need_read = True
-        while not self.closing:
-            if need_read:
-                data = await read_chunk(reader, _shared_buf)
-                if not data:
-                    raise EOFError()
-                self.last_rx_ms = ticks_ms()
-                broker.bytes_in += len(data)
-                if rest:
-                    data = rest + data
-            else:
-                data = rest
-            pos = 0
-            paused = False
+        max_packet = broker.max_packet
+        pos = 0
+        broker.flush_hold = True  # flushed below, once for the whole chunk
+        try:
             while True:
                 frame = codec.split_frame(data, pos, max_packet)
                 if frame is None:
                     break
                 first, start, end = frame
-                handlers.handle(broker, self, first, data, start, end)
+                if first != _QOS0_PUBLISH or not broker.forward_qos0(self, data, pos, start, end):
+                    handlers.handle(broker, self, first, data, start, end)
                 pos = end
                 if self.closing:
-                    self._commit()
-                    return
-                if broker.pressured and broker.should_pause(self):
-                    paused = True  # stop between packets, not only between reads
                     break
-            rest = bytes(data[pos:]) if pos < len(data) else b""
+                if broker.pressured and broker.should_pause(self):
+                    self._paused = True  # stop between packets, not only between reads
+                    break
+        finally:
+            broker.flush_hold = False
             self._commit()  # durable before any reply of this chunk is written
-            need_read = not paused
-            if paused:
-                await self._backpressure()
+            flush_dirty(broker)
+        return bytes(data[pos:]) if pos < len(data) else b""
 
     def _commit(self):
-        """Broker.commit(); if the store could not write what this
-        connection's queued replies acknowledge, those replies are dropped
-        and the connection closed: nothing is acknowledged that is not
-        durable (the client resends after reconnecting)."""
+        """Broker.commit(); True if it wrote what it had to. If the store
+        could not write what this connection's queued replies acknowledge,
+        those replies are dropped and the connection closed: nothing is
+        acknowledged that is not durable (the client resends after
+        reconnecting)."""
         try:
             self.broker.commit()
+            return True
         except OSError as e:  # store.StoreWriteError
-            self._out = []
-            self._out_bytes = 0
+            for data in self._out:
+                self._out_bytes -= len(data)
+            self._out = ()
             log.error("%s closed: %s", self._name(), e)
             self.close()
+            return False
+
+    def _write_out(self):
+        """Hand _out to the stream in one write; returns the bytes written."""
+        out = self._out
+        data = out[0] if len(out) == 1 else b"".join(out)
+        self._out = ()
+        self.writer.write(data)
+        return len(data)
+
+    async def _drain(self, n):
+        """Drain the write of n bytes, let the session's queue refill the
+        freed room, write what was queued meanwhile; repeat until nothing is
+        left."""
+        broker = self.broker
+        try:
+            while True:
+                self.drain_started_ms = ticks_ms()
+                await self.writer.drain()
+                self.drain_started_ms = -1
+                self._out_bytes -= n
+                broker.bytes_out += n
+                s = self.session
+                if s is not None and s.has_pending():
+                    broker.pump(s)
+                if self._done or not self._out or not self._commit():
+                    break
+                n = self._write_out()
+        except asyncio.CancelledError:
+            pass
+        except (OSError, EOFError) as e:
+            log.debug("%s write error %s", self._name(), e)
+            self.close()
+        finally:
+            self.drain_started_ms = -1
+            self._drainer = None
 
     async def _backpressure(self):
         """Wait while a connected subscriber's queue is over half full, at
@@ -158,57 +278,19 @@ class Connection:
             await sleep_ms(_PAUSE_STEP_MS)
             waited += _PAUSE_STEP_MS
 
-    async def _write_loop(self):
-        try:
-            await self._write_forever()
-        except asyncio.CancelledError:
-            pass
-        except (OSError, EOFError) as e:
-            log.debug("%s write error %s", self._name(), e)
-            self.close()
-
-    async def _write_forever(self):
-        """Write whatever is queued, one join per wake-up, until the
-        connection is closing and nothing is left to write."""
-        writer = self.writer
-        while True:
-            if not self._out:
-                if self.closing:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            self._commit()  # e.g. records of a pump() after the last drain
-            if not self._out:
-                continue
-            out = self._out
-            data = out[0] if len(out) == 1 else b"".join(out)
-            self._out = []
-            writer.write(data)
-            self.drain_started_ms = ticks_ms()
-            await writer.drain()
-            self.drain_started_ms = -1
-            n = len(data)
-            self._out_bytes -= n
-            self.broker.bytes_out += n
-            s = self.session
-            if s is not None and s.has_pending():
-                self.broker.pump(s)
-
     async def _finish(self):
-        """Let the writer send what is still queued (a refusing CONNACK, the
+        """Let what is still queued go out (a refusing CONNACK, the
         acknowledgements before a DISCONNECT) unless a drain stalls past
         write_timeout_ms, then close the socket."""
-        wt = self._writer_task
-        if wt is not None:
-            self._wake.set()
-            limit = self.broker.cfg["write_timeout_ms"]
-            while not wt.done():
-                started = self.drain_started_ms
-                if started >= 0 and ticks_diff(ticks_ms(), started) > limit:
-                    wt.cancel()  # stalled: the stream is abandoned
-                    break
-                await sleep_ms(_PAUSE_STEP_MS)
+        self.flush()
+        limit = self.broker.cfg["write_timeout_ms"]
+        while self._drainer is not None:
+            started = self.drain_started_ms
+            if started >= 0 and ticks_diff(ticks_ms(), started) > limit:
+                self._drainer.cancel()  # stalled: the stream is abandoned
+                break
+            await sleep_ms(_PAUSE_STEP_MS)
+        self._done = True
         try:
             self.writer.close()
             await self.writer.wait_closed()

@@ -32,7 +32,7 @@ def handle(broker, conn, first, buf, start, end):
     elif ptype == PUBREL:
         pid = codec.decode_pid_only(flags, 0x02, buf, start, end)
         if pid in s.in_qos2:
-            s.in_qos2.discard(pid)
+            s.drop_in_qos2(pid)
             st = broker.store_for(s)
             if st is not None:
                 st.in2_del(s, pid)
@@ -83,14 +83,14 @@ def _publish(broker, conn, s, flags, buf, start, end):
             return
         if len(s.in_qos2) >= broker.cfg["max_inflight_in"]:
             raise ProtocolError("too many QoS 2 messages awaiting PUBREL", 0x93, "inflight_in_exceeded")
-        s.in_qos2.add(pid)
+        s.add_in_qos2(pid)
         st = broker.store_for(s)
         if st is not None:
             st.in2_add(s, pid)
     if topics.is_sys_reserved(topic):
         broker.count("sys_publish_dropped")
     else:
-        broker.publish(msg)
+        broker.publish(msg, False, True)
     if qos == 1:
         conn.send(codec.puback(pid))  # [MQTT-4.3.2-2]
     elif qos == 2:

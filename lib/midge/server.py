@@ -6,7 +6,7 @@ import asyncio
 from . import log
 from .broker import Broker, VERSION
 from .compat import const, ticks_ms, ticks_diff, set_nodelay, mem_free, sleep_ms, print_exception, on_sigterm, MICROPYTHON
-from .connection import Connection
+from .connection import Connection, flush_dirty
 
 _TICK_MS = const(250)
 
@@ -55,23 +55,17 @@ class Server:
             self.broker.close()
             log.info("stopped")
 
-    async def _accept(self, reader, writer):
+    def _accept(self, reader, writer):
+        """start_server's callback. A plain function returning the
+        coroutine to run as the client's task (both interpreters accept
+        that): the connection's own run() frame is the only one an idle
+        client keeps. The connection is in self.conns while it runs."""
         if len(self.conns) >= self.cfg["max_clients"]:
             self.broker.count("clients_refused")
             log.info("connection refused: max_clients reached")
-            try:
-                writer.close()
-                await writer.wait_closed()
-            except Exception:
-                pass
-            return
+            return _refuse(writer)
         set_nodelay(writer)
-        conn = Connection(self.broker, reader, writer)
-        self.conns.append(conn)
-        try:
-            await conn.run()
-        finally:
-            self.conns.remove(conn)
+        return Connection(self.broker, reader, writer, self.conns).run()
 
     def tick(self):
         now = ticks_ms()
@@ -94,3 +88,12 @@ class Server:
             self.broker.commit()
         except OSError:
             pass  # logged and counted by the store; each writer commits before it sends
+        flush_dirty(self.broker)
+
+
+async def _refuse(writer):
+    try:
+        writer.close()
+        await writer.wait_closed()
+    except Exception:
+        pass

@@ -15,23 +15,64 @@ AWAIT_COMP = 1  # PUBREL sent; waiting for PUBCOMP
 
 
 class Session:
-    sid = 0  # number in the store's records; set when first persisted
+    # Class defaults: an idle session pays instance heap only for what it
+    # has. The containers are the shared empty tuple until first used (the
+    # add_*/drop_* methods below), and return to it when emptied.
+    sid = 0               # number in the store's records; set when first persisted
+    conn = None           # attached Connection, or None when offline
+    will = None           # Message published on an unclean close
+    inflight = ()         # [pid, msg, qos, retain, state] in send order; len <= max_inflight
+    queue = ()            # (msg, qos) waiting to be sent, oldest first; pop(0) is a
+                          # memmove of at most max_queued_messages pointers
+    queued_bytes = 0
+    backlog = ()          # (msg, qos) retained messages for new subscriptions
+    backlog_pos = 0       # next backlog index to send
+    in_qos2 = ()          # inbound QoS 2 pids received, PUBREL not yet [MQTT-4.3.3-2]
+    _next_pid = 1
 
     def __init__(self, client_id, clean, now_ms):
         self.client_id = client_id
         self.clean = clean
-        self.conn = None          # attached Connection, or None when offline
         self.last_seen_ms = now_ms  # Broker.now_ms() when last connected or detached
         self.subs = {}            # filter str -> granted qos
-        self.will = None          # Message published on an unclean close
-        self.inflight = []        # [pid, msg, qos, retain, state] in send order; len <= max_inflight
-        self.queue = []            # (msg, qos) waiting to be sent, oldest first; pop(0) is a
-                                  # memmove of at most max_queued_messages pointers
-        self.queued_bytes = 0
-        self.backlog = []         # (msg, qos) retained messages for new subscriptions
-        self.backlog_pos = 0      # next backlog index to send
-        self.in_qos2 = set()      # inbound QoS 2 pids received, PUBREL not yet [MQTT-4.3.3-2]
-        self._next_pid = 1
+
+    def add_inflight(self, entry):
+        if self.inflight:
+            self.inflight.append(entry)
+        else:
+            self.inflight = [entry]
+
+    def drop_inflight(self, entry):
+        inf = self.inflight
+        inf.remove(entry)
+        if not inf:
+            self.inflight = ()
+
+    def add_queued(self, item):
+        if self.queue:
+            self.queue.append(item)
+        else:
+            self.queue = [item]
+
+    def pop_queued(self):
+        q = self.queue
+        item = q.pop(0)
+        if not q:
+            self.queue = ()
+        return item
+
+    def add_in_qos2(self, pid):
+        if self.in_qos2:
+            self.in_qos2.add(pid)
+        else:
+            self.in_qos2 = {pid}
+
+    def drop_in_qos2(self, pid):
+        q = self.in_qos2
+        if pid in q:
+            q.discard(pid)
+            if not q:
+                self.in_qos2 = ()
 
     def next_pid(self):
         """A packet identifier not in use by an inflight message
@@ -61,9 +102,9 @@ class Session:
 
     def clear_delivery_state(self):
         """Forget everything owed to the client (session discarded)."""
-        self.inflight = []
-        self.queue = []
+        self.inflight = ()
+        self.queue = ()
         self.queued_bytes = 0
-        self.backlog = []
+        self.backlog = ()
         self.backlog_pos = 0
-        self.in_qos2 = set()
+        self.in_qos2 = ()

@@ -583,14 +583,14 @@ class Store:
             _unref(msgs, msg)
         elif rtype == R_SEND:
             msg, qos = broker.dequeue(s)
-            s.inflight.append([r.u16(), msg, qos, False, AWAIT_ACK])
+            s.add_inflight([r.u16(), msg, qos, False, AWAIT_ACK])
         elif rtype == R_INFLIGHT:
             msg = _ref(msgs, r.u32())
             pid = r.u16()
             qos = r.u8()
-            s.inflight.append([pid, msg, qos, bool(r.u8()), AWAIT_ACK])
+            s.add_inflight([pid, msg, qos, bool(r.u8()), AWAIT_ACK])
         elif rtype == R_INFLIGHT_COMP:
-            s.inflight.append([r.u16(), None, 2, False, AWAIT_COMP])
+            s.add_inflight([r.u16(), None, 2, False, AWAIT_COMP])
         elif rtype == R_COMP:
             e = s.find_inflight(r.u16())
             if e is not None:
@@ -600,12 +600,12 @@ class Store:
         elif rtype == R_DONE:
             e = s.find_inflight(r.u16())
             if e is not None:
-                s.inflight.remove(e)
+                s.drop_inflight(e)
                 _unref(msgs, e[1])
         elif rtype == R_IN2_ADD:
-            s.in_qos2.add(r.u16())
+            s.add_in_qos2(r.u16())
         elif rtype == R_IN2_DEL:
-            s.in_qos2.discard(r.u16())
+            s.drop_in_qos2(r.u16())
         elif rtype == R_WILL:
             topic = r.s()
             qos = r.u8()

@@ -6,16 +6,34 @@
 
 
 from . import trie
+from .compat import const
+
+# Route cache: topic name (bytes) -> tuple of the sessions a QoS 0 message
+# on it goes to, for the forwarding fast path (Broker.forward_qos0). Any
+# subscription change empties it; when full it is emptied before an insert.
+_ROUTES_MAX = const(16)
 
 
 class Subscriptions:
     def __init__(self):
         self._root = trie.Node()  # node.value: dict session -> granted qos
         self.count = 0  # filters held, over all sessions
+        self._routes = {}
+
+    def route(self, topic_bytes):
+        """Cached sessions for a topic, or None if not cached."""
+        return self._routes.get(topic_bytes)
+
+    def cache_route(self, topic_bytes, sessions):
+        r = self._routes
+        if len(r) >= _ROUTES_MAX:
+            r.clear()
+        r[topic_bytes] = sessions
 
     def add(self, levels, session, qos):
         """Subscribe; returns True if the filter was new for this session
         (False: granted QoS replaced [MQTT-3.8.4-3])."""
+        self._routes.clear()
         node = trie.make(self._root, levels)
         if node.value is None:
             node.value = {}
@@ -27,6 +45,7 @@ class Subscriptions:
 
     def remove(self, levels, session):
         """Unsubscribe; returns True if the subscription existed."""
+        self._routes.clear()
         node, path = trie.find_path(self._root, levels)
         if node is None or not node.value or session not in node.value:
             return False
