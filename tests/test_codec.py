@@ -36,6 +36,14 @@ def test_split_frame_complete_packet():
     assert codec.split_frame(m.pingreq(), 0, BIG) == (0xC0, 2, 2)
 
 
+def test_frame_end_packs_end_and_header_size():
+    p = m.publish("t", b"x" * 200)  # two length bytes
+    v = codec.frame_end(p, 0, BIG)
+    assert v >> 3 == len(p) and v & 7 == 3
+    assert codec.frame_end(p[:-1], 0, BIG) == -1
+    assert codec.frame_end(b"\x00" + m.pingreq(), 1, BIG) == (3 << 3) | 2
+
+
 def test_split_frame_at_offset_and_back_to_back():
     a = m.pingreq()
     b = m.publish("t", b"x" * 300, qos=1, pid=7)  # two length bytes

@@ -746,3 +746,35 @@ def test_server_ticks_publish_sys_and_call_on_tick():
     ack, suback, ver = result["pk"]
     assert ack["rc"] == 0 and suback["codes"] == [0]
     assert ver["type"] == "publish" and ver["retain"] == 1 and ver["payload"][:6] == b"midge "
+
+
+def test_forwarded_views_survive_a_slow_subscriber_drain():
+    # The QoS 0 fast path queues views of the shared read buffer; a
+    # subscriber whose drain is still running keeps its output across
+    # later reads, so the flush must have copied it by then.
+    b = new_broker(max_outbound_bytes=100000)
+    ws = FakeWriter(block=True)
+    rs = FakeReader([m.connect("sub") + m.subscribe(1, [("t/#", 0)])], eof=False)
+    rp = FakeReader([m.connect("pub")], eof=False)
+    wp = FakeWriter()
+
+    async def main():
+        cs = Connection(b, rs, ws)
+        cp = Connection(b, rp, wp)
+        ts = asyncio.create_task(cs.run())
+        tp = asyncio.create_task(cp.run())
+        assert await until(lambda: cs._drainer is not None and cp.session is not None)
+        for i in range(4):  # the 2nd and later take the fast path
+            rp.push(m.publish("t/1", b"%d" % i * 20))
+            await asyncio.sleep(0.01)
+        rp.push(m.publish("t/2", b"X" * 200) + m.publish("t/3", b"Y" * 200))  # overwrite the buffer
+        await asyncio.sleep(0.01)
+        ws.block = False
+        ws.release.set()
+        assert await until(lambda: len(publishes(ws.packets())) == 6)
+        rp.push(m.disconnect())
+        rs.push(m.disconnect())
+        await tp
+        await ts
+    run(main())
+    assert payloads(ws.packets()) == [b"%d" % i * 20 for i in range(4)] + [b"X" * 200, b"Y" * 200]

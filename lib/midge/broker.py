@@ -347,7 +347,9 @@ class Broker:
                 self.counters["slow_dropped"] += 1
                 continue
             if frame is None:
-                frame = bytes(buf[pos:end])
+                # a view, not a copy: the connection layer writes or copies
+                # it before `buf` changes (Connection.send)
+                frame = buf[pos:end] if type(buf) is memoryview else bytes(buf[pos:end])
             c.send(frame)
             self.msgs_out += 1
         return True

@@ -13,21 +13,23 @@ from .protocol import (
 _MAX_RL_BYTES = const(4)  # remaining length is at most 4 bytes [MQTT-2.2.3]
 
 
-def split_frame(buf, pos, max_packet_size):
-    """Find the packet starting at buf[pos].
+def frame_end(buf, pos, max_packet_size):
+    """Find the packet starting at buf[pos], without allocating (the read
+    loop calls this once per packet).
 
-    Returns (first_byte, body_start, body_end) when the whole packet is in
-    buf, None when more bytes are needed. Raises ProtocolError for a
-    remaining length longer than 4 bytes and, as soon as the length is
-    known, for a packet larger than max_packet_size (header included), so an
-    oversize packet is never buffered."""
+    Returns -1 when more bytes are needed, else one small int packing where
+    the packet ends and where its body starts: (end << 3) | (start - pos)
+    (the fixed header is 2..5 bytes). Raises ProtocolError for a remaining
+    length longer than 4 bytes and, as soon as the length is known, for a
+    packet larger than max_packet_size (header included), so an oversize
+    packet is never buffered."""
     end = len(buf)
     i = pos + 1
     length = 0
     shift = 0
     while True:
         if i >= end:
-            return None
+            return -1
         b = buf[i]
         length |= (b & 0x7F) << shift
         i += 1
@@ -40,8 +42,17 @@ def split_frame(buf, pos, max_packet_size):
         raise ProtocolError("packet of %d bytes over max_packet_size" % (i + length - pos),
                             RC_PACKET_TOO_LARGE, "oversize_packets")
     if i + length > end:
+        return -1
+    return ((i + length) << 3) | (i - pos)
+
+
+def split_frame(buf, pos, max_packet_size):
+    """frame_end() as (first_byte, body_start, body_end), or None when more
+    bytes are needed."""
+    v = frame_end(buf, pos, max_packet_size)
+    if v < 0:
         return None
-    return buf[pos], i, i + length
+    return buf[pos], pos + (v & 7), v >> 3
 
 
 def encode_length(n):

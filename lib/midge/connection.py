@@ -8,8 +8,9 @@
 # connections (a per-read allocation fragments a device heap, a buffer per
 # connection costs _CHUNK per idle client). Sharing is safe because every
 # complete packet in the chunk is handled, and the partial tail copied out,
-# before the next await. The tail never exceeds max_packet_size because
-# codec.split_frame rejects an oversize packet from its length field.
+# before the next await; the tail goes back in front of the next chunk
+# after that read returns. The tail never exceeds max_packet_size because
+# codec.frame_end rejects an oversize packet from its length field.
 #
 # Writing: handlers and the broker call send(), which only appends to a
 # list and puts the connection on broker.dirty. flush_dirty() hands each
@@ -35,7 +36,23 @@ _CHUNK = const(4096)
 _shared_buf = bytearray(_CHUNK)
 _shared_mv = memoryview(_shared_buf)
 _PAUSE_STEP_MS = const(2)
+_TAIL_IN_PLACE = const(2048)  # longest tail that keeps half the buffer for reading
 _QOS0_PUBLISH = const(0x30)  # fixed header of a QoS 0, retain 0, DUP 0 PUBLISH
+
+
+def _join(parts):
+    """One buffer of bytes and memoryviews (MicroPython's bytes.join takes
+    bytes only)."""
+    n = 0
+    for p in parts:
+        n += len(p)
+    buf = bytearray(n)
+    i = 0
+    for p in parts:
+        k = i + len(p)
+        buf[i:k] = p
+        i = k
+    return buf
 
 
 def flush_dirty(broker):
@@ -71,6 +88,7 @@ class Connection:
     _out = ()               # bytes objects waiting to be written (a list once sent to)
     _out_bytes = 0          # bytes in _out + written and not yet drained
     _drainer = None         # the task draining the stream, while one runs
+    _dirty = False          # on broker.dirty: flushed at the end of this chunk
     _paused = False         # the read loop stopped for backpressure
     _done = False           # socket closed: nothing more is written
     _task = None            # the task running run()
@@ -92,9 +110,15 @@ class Connection:
     # --- interface used by the broker --------------------------------------
 
     def send(self, data):
+        """Queue bytes. Inside a read loop's chunk `data` may also be a
+        memoryview into the shared read buffer (Broker.forward_qos0): the
+        flush at the end of the chunk writes or copies it before the buffer
+        is read into again."""
         out = self._out
         if not out:
             out = self._out = []
+        if not self._dirty:
+            self._dirty = True
             b = self.broker
             b.dirty.append(self)
             if not b.flush_hold and not b.flush_scheduled:
@@ -118,6 +142,11 @@ class Connection:
     def flush(self):
         """Commit, then hand what is queued to the stream, unless a drain is
         running: that task writes the rest when the stream has drained."""
+        self._dirty = False
+        if self._drainer is not None and self._out:
+            # kept until the drain ends: own the bytes (views of the shared
+            # read buffer would change under it)
+            self._out = [_join(self._out)]
         broker = self.broker
         while self._out and self._drainer is None and not self._done:
             if not self._commit():
@@ -152,14 +181,25 @@ class Connection:
                     await self._backpressure()
                     data = rest
                 else:
-                    n = await reader.readinto(_shared_buf)
+                    k = len(rest)
+                    if k <= _TAIL_IN_PLACE:
+                        # read behind the room for the tail, then put the
+                        # tail in front: the packet is whole without a new
+                        # buffer (a 4 KB allocation per split packet
+                        # fragments a device heap until one fails). The
+                        # tail is copied after the await, when the shared
+                        # buffer is this task's again.
+                        n = await reader.readinto(_shared_mv[k:])
+                        if k:
+                            _shared_buf[:k] = rest
+                        data = _shared_mv[:k + n]
+                    else:
+                        n = await reader.readinto(_shared_buf)
+                        data = rest + _shared_mv[:n]
                     if not n:
                         break  # EOF
                     self.last_rx_ms = ticks_ms()
                     broker.bytes_in += n
-                    data = _shared_mv[:n]
-                    if rest:
-                        data = rest + data
                 rest = self._handle(data)
         except ProtocolError as e:
             broker.count(e.counter)
@@ -198,10 +238,12 @@ class Connection:
         broker.flush_hold = True  # flushed below, once for the whole chunk
         try:
             while True:
-                frame = codec.split_frame(data, pos, max_packet)
-                if frame is None:
+                v = codec.frame_end(data, pos, max_packet)
+                if v < 0:
                     break
-                first, start, end = frame
+                first = data[pos]
+                start = pos + (v & 7)
+                end = v >> 3
                 if first != _QOS0_PUBLISH or not broker.forward_qos0(self, data, pos, start, end):
                     handlers.handle(broker, self, first, data, start, end)
                 pos = end
@@ -236,7 +278,7 @@ class Connection:
     def _write_out(self):
         """Hand _out to the stream in one write; returns the bytes written."""
         out = self._out
-        data = out[0] if len(out) == 1 else b"".join(out)
+        data = out[0] if len(out) == 1 else _join(out)
         self._out = ()
         self.writer.write(data)
         return len(data)

@@ -59,7 +59,7 @@ class Subscriptions:
     def match(self, levels, out):
         """Collect {session: highest granted qos} for a topic's levels into
         `out` (overlapping filters give one entry, highest QoS)."""
-        _match(self._root, levels, 0, len(levels), out, levels[0][:1] == "$")
+        _match(self._root, levels, 0, len(levels), out, levels[0].startswith("$"))
 
 
 def _add_all(subs, out):
