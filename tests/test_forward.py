@@ -115,3 +115,35 @@ def test_route_cache_is_bounded():
     for i in range(100):
         feed(b, p, m.publish("t/%d" % i, b"x"))
     assert len(b.subs._routes) <= 16
+
+
+def test_routing_lookup_allocates_nothing():
+    # Under MicroPython, micropython.heap_lock() makes any allocation raise
+    # MemoryError: matching a topic through the subscription trie and
+    # looking up its cached route must not allocate (DESIGN.md section 6).
+    # CPython has no heap lock; there the same calls are checked for their
+    # results only.
+    b = make_broker()
+    subs = [client(b, "s%d" % i, f, i % 3) for i, f in enumerate(("room/+", "room/#", "#", "room/1", "+/1"))]
+    p = client(b, "p")
+    feed(b, p, m.publish("room/1", b"x"))
+    from midge import topics
+    levels = topics.split("room/1")
+    out = {}
+    b.subs.match(levels, out)  # first call fills `out`
+    key = b"room/1"
+    got = [None, None]
+    try:
+        import micropython
+        lock, unlock = micropython.heap_lock, micropython.heap_unlock
+    except (ImportError, AttributeError):
+        lock = unlock = lambda: None
+    lock()
+    try:
+        b.subs.match(levels, out)
+        got[0] = b.subs.route(key)
+        got[1] = len(out)
+    finally:
+        unlock()
+    assert got[1] == 5
+    assert set(got[0]) == set(c.session for c in subs)
