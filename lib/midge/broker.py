@@ -302,22 +302,25 @@ class Broker:
         """Route one message: retained store, then every matching session
         once at the highest granted QoS, downgraded to the message's QoS
         [MQTT-3.8.4-6]. cache_route: the topic came from a client PUBLISH
-        and passed check_name; a QoS 0, retain 0 message then leaves its
-        route in the cache that forward_qos0 uses."""
-        levels = topics.split(msg.topic)
+        and passed check_name: its route is taken from, or left in, the
+        route cache (Subscriptions.route), which forward_qos0 uses too."""
+        route = self.subs.route(msg.topic_bytes) if cache_route else None
+        if route is None or msg.retain:
+            levels = topics.split(msg.topic)
         if msg.retain:
             if not self.retained.set(levels, msg, exempt):
                 self.count("retained_refused")
             elif not exempt and self.store is not None:
                 self.store.retain(msg.topic, msg.qos, msg.payload)
-        matches = {}
-        self.subs.match(levels, matches)
+        if route is None:
+            route = {}
+            self.subs.match(levels, route)
+            if cache_route:
+                self.subs.cache_route(msg.topic_bytes, route)
         mq = msg.qos
-        for s in matches:
-            q = matches[s]
+        for s in route:
+            q = route[s]
             self.deliver(s, msg, q if q < mq else mq)
-        if cache_route and not mq and not msg.retain:
-            self.subs.cache_route(msg.topic_bytes, tuple(matches))
 
     def forward_qos0(self, conn, buf, pos, start, end):
         """Fast path for a PUBLISH with fixed header 0x30 (QoS 0, retain 0)
@@ -380,9 +383,7 @@ class Broker:
         pid = s.next_pid()
         s.add_inflight([pid, msg, qos, retain, AWAIT_ACK])
         conn = s.conn
-        conn.send(msg.head(qos, retain, False))
-        conn.send(codec.pid_bytes(pid))
-        conn.send(msg.payload)
+        conn.send(msg.packet(qos, retain, False, pid))
         self.msgs_out += 1
         return pid
 
@@ -466,8 +467,7 @@ class Broker:
                 if st is not None:
                     st.inflight(s, msg, pid, qos, True)
             else:
-                conn.send(msg.head(0, True, False))
-                conn.send(msg.payload)
+                conn.send(msg.packet(0, True, False, 0))
                 self.msgs_out += 1
         if s.backlog_pos >= len(bl) and bl:
             s.backlog = ()
@@ -490,9 +490,7 @@ class Broker:
         for e in s.inflight:
             if e[STATE] == AWAIT_ACK:
                 msg = e[MSG]
-                conn.send(msg.head(e[QOS], e[RETAIN], True))
-                conn.send(codec.pid_bytes(e[PID]))
-                conn.send(msg.payload)
+                conn.send(msg.packet(e[QOS], e[RETAIN], True, e[PID]))
                 self.msgs_out += 1
             else:
                 conn.send(codec.pubrel(e[PID]))

@@ -327,14 +327,29 @@ def unsuback(pid):
 PINGRESP = b"\xd0\x00"
 
 
-def publish_head(topic_bytes, payload_len, qos, retain, dup):
-    """Fixed header + topic of a PUBLISH. For QoS > 0 the caller sends the
-    2-byte packet identifier between this head and the payload."""
-    first = 0x30 | (qos << 1) | (1 if retain else 0) | (0x08 if dup else 0)
-    rl = 2 + len(topic_bytes) + payload_len + (2 if qos else 0)
+def publish_packet(topic_bytes, payload, qos, retain, dup, pid):
+    """A whole PUBLISH in ONE new bytearray (pid unused at QoS 0): the
+    delivery hot path, where head + pid + payload as separate pieces cost
+    several allocations per message."""
     n = len(topic_bytes)
-    return bytes((first,)) + encode_length(rl) + bytes((n >> 8, n & 0xFF)) + topic_bytes
-
-
-def pid_bytes(pid):
-    return bytes((pid >> 8, pid & 0xFF))
+    rl = 2 + n + len(payload) + (2 if qos else 0)
+    k = 1 if rl < 0x80 else 2 if rl < 0x4000 else 3 if rl < 0x200000 else 4
+    p = bytearray(1 + k + rl)
+    p[0] = 0x30 | (qos << 1) | (1 if retain else 0) | (0x08 if dup else 0)
+    i = 1
+    while rl >= 0x80:
+        p[i] = (rl & 0x7F) | 0x80
+        rl >>= 7
+        i += 1
+    p[i] = rl
+    p[i + 1] = n >> 8
+    p[i + 2] = n & 0xFF
+    i += 3
+    p[i:i + n] = topic_bytes
+    i += n
+    if qos:
+        p[i] = pid >> 8
+        p[i + 1] = pid & 0xFF
+        i += 2
+    p[i:] = payload
+    return p

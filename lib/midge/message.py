@@ -26,10 +26,11 @@ class Message:
         [MQTT-3.3.1-9]); built once, shared by every QoS 0 subscriber."""
         f = self._frame0
         if f is None:
-            f = codec.publish_head(self.topic_bytes, len(self.payload), 0, False, False) + self.payload
+            f = bytes(codec.publish_packet(self.topic_bytes, self.payload, 0, False, False, 0))
             self._frame0 = f
         return f
 
-    def head(self, qos, retain, dup):
-        """Fixed header and topic for a send at this QoS and flags."""
-        return codec.publish_head(self.topic_bytes, len(self.payload), qos, retain, dup)
+    def packet(self, qos, retain, dup, pid):
+        """A whole PUBLISH of this message at this QoS, flags and packet id
+        (a new buffer: the pid differs per send)."""
+        return codec.publish_packet(self.topic_bytes, self.payload, qos, retain, dup, pid)

@@ -43,8 +43,13 @@ class Session:
             self.inflight = [entry]
 
     def drop_inflight(self, entry):
+        """Remove this entry (found by identity: entries compare equal by
+        value, which is slower and not what is meant)."""
         inf = self.inflight
-        inf.remove(entry)
+        for i in range(len(inf)):
+            if inf[i] is entry:
+                del inf[i]
+                break
         if not inf:
             self.inflight = ()
 

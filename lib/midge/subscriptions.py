@@ -8,9 +8,12 @@
 from . import trie
 from .compat import const
 
-# Route cache: topic name (bytes) -> tuple of the sessions a QoS 0 message
-# on it goes to, for the forwarding fast path (Broker.forward_qos0). Any
-# subscription change empties it; when full it is emptied before an insert.
+# Route cache: topic name (bytes) -> {session: highest granted qos}, the
+# result of match() for a topic clients publish to again and again (sensor
+# readings), used by Broker.publish and the QoS 0 forwarding fast path
+# (Broker.forward_qos0). A topic is only cached after it passed
+# Broker.check_name. Any subscription change empties it; when full it is
+# emptied before an insert.
 _ROUTES_MAX = const(16)
 
 
