@@ -241,22 +241,26 @@ def test_decode_connect_stays_inside_span():
 
 # --- PUBLISH -------------------------------------------------------------------------------
 
+def _pub(p):
+    return (p.topic, p.qos, p.retain, p.dup, p.pid, p.payload)
+
+
 def test_decode_publish_qos0():
-    r = _dec(codec.decode_publish, m.publish("a/b", b"payload"))
+    r = _pub(_dec(codec.decode_publish, m.publish("a/b", b"payload")))
     assert r == ("a/b", 0, False, False, 0, b"payload")
 
 
 def test_decode_publish_qos_retain_dup_pid():
-    r = _dec(codec.decode_publish, m.publish("t", b"\x00\x01", qos=1, retain=True, pid=0x1234))
+    r = _pub(_dec(codec.decode_publish, m.publish("t", b"\x00\x01", qos=1, retain=True, pid=0x1234)))
     assert r == ("t", 1, True, False, 0x1234, b"\x00\x01")
-    r = _dec(codec.decode_publish, m.publish("t/\u00e9", b"", qos=2, dup=True, pid=65535))
+    r = _pub(_dec(codec.decode_publish, m.publish("t/\u00e9", b"", qos=2, dup=True, pid=65535)))
     assert r == ("t/\u00e9", 2, False, True, 65535, b"")
     assert isinstance(r[5], bytes)
 
 
 def test_decode_publish_payload_is_opaque():
     # payload bytes are not UTF-8 checked
-    r = _dec(codec.decode_publish, m.publish("t", b"\xff\xfe\x00\xed\xa0\x80"))
+    r = _pub(_dec(codec.decode_publish, m.publish("t", b"\xff\xfe\x00\xed\xa0\x80")))
     assert r[5] == b"\xff\xfe\x00\xed\xa0\x80"
 
 
@@ -405,7 +409,8 @@ def test_decoders_on_a_reused_buffer_return_copies():
     buf = bytearray(frame)
     mv = memoryview(buf)
     assert codec.split_frame(mv, 0, BIG) == (0x32, 2, len(frame))
-    topic, qos, retain, dup, pid, payload = codec.decode_publish(2, mv, 2, len(frame))
+    p = codec.decode_publish(2, mv, 2, len(frame))
+    topic, qos, pid, payload, tb = p.topic, p.qos, p.pid, p.payload, p.topic_bytes
     c = m.connect("cid", will_topic="w", will_payload=b"wp", username="u", password=b"pw")
     cbuf = bytearray(c)
     flags, start, end = _body(c)
@@ -419,8 +424,8 @@ def test_decoders_on_a_reused_buffer_return_copies():
         cbuf[i] = 0x58
     for i in range(len(sbuf)):
         sbuf[i] = 0x58
-    assert (topic, qos, pid, payload) == ("t/x", 1, 2, b"payload")
-    assert isinstance(payload, bytes)
+    assert (topic, qos, pid, payload, tb) == ("t/x", 1, 2, b"payload", b"t/x")
+    assert isinstance(payload, bytes) and isinstance(tb, bytes)
     assert conn.client_id == "cid" and conn.will_payload == b"wp" and conn.password == b"pw"
     assert isinstance(conn.will_payload, bytes) and isinstance(conn.password, bytes)
     assert spid == 3 and subs == [("a/#", 1)]

@@ -221,20 +221,46 @@ def decode_connect(flags, buf, pos, end):
 
 # --- PUBLISH -----------------------------------------------------------------------
 
+class Publish:
+    """The fields of the PUBLISH decode_publish() decoded last. One object
+    reused for every packet: decoding allocates only the topic and the
+    payload (a tuple of six would be a multi-block allocation per message,
+    and those are slow on MicroPython: see DESIGN.md, Speed)."""
+    topic = ""          # str, valid UTF-8 without U+0000
+    topic_bytes = b""   # the same topic as received
+    qos = 0
+    retain = False
+    dup = False
+    pid = 0             # 0 for QoS 0
+    payload = b""
+
+
+_publish = Publish()
+
+
 def decode_publish(flags, buf, pos, end):
-    """Returns (topic, qos, retain, dup, pid, payload); pid is 0 for QoS 0."""
+    """Decode a PUBLISH body into the shared Publish object and return it;
+    its fields are valid until the next call."""
     qos = (flags >> 1) & 3
     if qos == 3:
         raise ProtocolError("PUBLISH QoS 3")  # [MQTT-3.3.1-4]
     dup = flags & 0x08
     if dup and not qos:
         raise ProtocolError("DUP set on QoS 0 PUBLISH")  # [MQTT-3.3.1-2]
-    topic, pos = _read_str(buf, pos, end)
+    p = _publish
+    tb, pos = _read_bytes(buf, pos, end)
+    p.topic = decode_utf8(tb)
+    p.topic_bytes = tb
     pid = 0
     if qos:
         pid = _read_pid(buf, pos, end)
         pos += 2
-    return topic, qos, bool(flags & 0x01), bool(dup), pid, bytes(buf[pos:end])
+    p.qos = qos
+    p.retain = bool(flags & 0x01)
+    p.dup = bool(dup)
+    p.pid = pid
+    p.payload = bytes(buf[pos:end])
+    return p
 
 
 # --- acknowledgements, SUBSCRIBE, UNSUBSCRIBE, PINGREQ, DISCONNECT ------------------

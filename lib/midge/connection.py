@@ -90,6 +90,7 @@ class Connection:
     _drainer = None         # the task draining the stream, while one runs
     _dirty = False          # on broker.dirty: flushed at the end of this chunk
     _paused = False         # the read loop stopped for backpressure
+    _rest = b""             # bytes read but not yet handled (own copy, never the shared buffer)
     _done = False           # socket closed: nothing more is written
     _task = None            # the task running run()
     registry = None         # list this connection is in while it runs
@@ -170,63 +171,90 @@ class Connection:
     # --- the connection's life --------------------------------------------------
 
     async def run(self):
+        """The client's task. Its coroutine frame is what an idle client
+        keeps (with the pending readinto), so it holds as few locals and
+        handlers as it can: the work happens in _received and _closed."""
         self._task = asyncio.current_task()
-        broker = self.broker
-        reader = self.reader
-        rest = b""  # bytes read but not yet handled (own copy, never the shared buffer)
         try:
             while not self.closing:
                 if self._paused:
                     self._paused = False
                     await self._backpressure()
-                    data = rest
+                    self._received(-1)
+                    continue
+                k = len(self._rest)
+                if k and k <= _TAIL_IN_PLACE:
+                    # read behind the room for the tail; _received puts the
+                    # tail in front once the shared buffer is ours again
+                    n = await self.reader.readinto(_shared_mv[k:])
                 else:
-                    k = len(rest)
-                    if k <= _TAIL_IN_PLACE:
-                        # read behind the room for the tail, then put the
-                        # tail in front: the packet is whole without a new
-                        # buffer (a 4 KB allocation per split packet
-                        # fragments a device heap until one fails). The
-                        # tail is copied after the await, when the shared
-                        # buffer is this task's again.
-                        n = await reader.readinto(_shared_mv[k:])
-                        if k:
-                            _shared_buf[:k] = rest
-                        data = _shared_mv[:k + n]
-                    else:
-                        n = await reader.readinto(_shared_buf)
-                        data = rest + _shared_mv[:n]
-                    if not n:
-                        break  # EOF
-                    self.last_rx_ms = ticks_ms()
-                    broker.bytes_in += n
-                rest = self._handle(data)
-        except ProtocolError as e:
-            broker.count(e.counter)
-            if log.level <= log.INFO:
-                log.info("%s closed: %s", self._name(), e.args[0] if e.args else e)
+                    n = await self.reader.readinto(_shared_buf)
+                if not n:
+                    break  # EOF
+                self._received(n)
         except OSError as e:
             log.debug("%s socket error %s", self._name(), e)
         except asyncio.CancelledError:
             pass  # closed by the broker (takeover, keepalive) or the server
         except Exception as e:  # a bug must cost one connection, never the broker
-            broker.count("internal_errors")
-            log.error("%s internal error, connection closed: %r", self._name(), e)
-            print_exception(e)
-        self.closing = True
-        try:
-            broker.detach(self, self.graceful)
-            broker.commit()
-        except Exception as e:
-            log.error("detach failed: %r", e)
-            print_exception(e)
-        flush_dirty(broker)  # e.g. the will, delivered to other clients
+            self._internal_error(e)
+        self._closed()
         try:
             await self._finish()
         finally:
             reg = self.registry
             if reg is not None:
                 reg.remove(self)
+
+    def _received(self, n):
+        """n new bytes in the shared buffer (-1: none, go on with the tail
+        after a backpressure pause): handle every complete packet, keep the
+        tail in _rest (an own copy). The tail goes back in front of the new
+        bytes without a new buffer where it fits (a 4 KB allocation per
+        split packet fragments a device heap until one fails). A protocol
+        error or a bug closes this connection only."""
+        rest = self._rest
+        if n < 0:
+            data = rest
+        else:
+            self.last_rx_ms = ticks_ms()
+            self.broker.bytes_in += n
+            k = len(rest)
+            if k and k <= _TAIL_IN_PLACE:
+                _shared_buf[:k] = rest
+                data = _shared_mv[:k + n]
+            elif k:
+                data = rest + _shared_mv[:n]
+            else:
+                data = _shared_mv[:n]
+        try:
+            self._rest = self._handle(data)
+        except ProtocolError as e:
+            self.broker.count(e.counter)
+            if log.level <= log.INFO:
+                log.info("%s closed: %s", self._name(), e.args[0] if e.args else e)
+            self.closing = True
+        except Exception as e:
+            self._internal_error(e)
+            self.closing = True
+
+    def _internal_error(self, e):
+        self.broker.count("internal_errors")
+        log.error("%s internal error, connection closed: %r", self._name(), e)
+        print_exception(e)
+
+    def _closed(self):
+        """The read side is done: detach (the will, if any, is published
+        and flushed to its subscribers)."""
+        self.closing = True
+        broker = self.broker
+        try:
+            broker.detach(self, self.graceful)
+            broker.commit()
+        except Exception as e:
+            log.error("detach failed: %r", e)
+            print_exception(e)
+        flush_dirty(broker)
 
     def _handle(self, data):
         """Handle every complete packet in `data`, then flush what they

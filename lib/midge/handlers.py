@@ -71,8 +71,11 @@ def _connect(broker, conn, flags, buf, start, end):
 
 
 def _publish(broker, conn, s, flags, buf, start, end):
-    topic, qos, retain, dup, pid, payload = codec.decode_publish(flags, buf, start, end)
-    msg = Message(topic, payload, qos, retain)
+    p = codec.decode_publish(flags, buf, start, end)
+    topic = p.topic
+    qos = p.qos
+    pid = p.pid
+    msg = Message(topic, p.payload, qos, p.retain, p.topic_bytes)
     if broker.subs.route(msg.topic_bytes) is None:  # a cached topic passed before
         broker.check_name(topic, len(msg.topic_bytes))
     broker.msgs_in += 1

@@ -9,13 +9,17 @@ class Message:
     mid = 0         # message id in the store
     store_gen = 0   # log generation holding its R_MSG record (0: none)
 
-    def __init__(self, topic, payload, qos, retain):
+    retain = False  # retain flag as published (class default: most are not)
+    _frame0 = None  # cached QoS 0, retain 0 frame, once built
+
+    def __init__(self, topic, payload, qos, retain, topic_bytes=None):
         self.topic = topic                # str, validated
-        self.topic_bytes = topic.encode() # encoded once, reused by every send
+        # encoded once, reused by every send (the decoder passes the bytes it read)
+        self.topic_bytes = topic.encode() if topic_bytes is None else topic_bytes
         self.payload = payload            # bytes
         self.qos = qos                    # QoS it was published with
-        self.retain = retain              # retain flag as published
-        self._frame0 = None               # cached QoS 0, retain 0 frame
+        if retain:
+            self.retain = True
 
     def size(self):
         """Bytes this message counts against byte caps."""
