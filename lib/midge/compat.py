@@ -45,26 +45,6 @@ def mem_alloc():
         return -1
 
 
-_GC_THRESHOLD_MAX = const(524288)
-
-
-def tune_gc():
-    """Collect garbage after at most half the heap (and at most 512 KB) was
-    allocated, instead of only when the heap is full. MicroPython looks for
-    a run of free blocks from the lowest free single block upwards, and only
-    single-block allocations move that start; nearly everything the broker
-    allocates is larger, so between two collections each allocation scans
-    more of the heap than the last. Measured (callgrind, 64-bit unix port,
-    QoS 1 routing): 16 MB heap 798k instructions per message without a
-    threshold, 238k with 512 KB; 512 KB heap 224k -> 182k. No-op on
-    CPython."""
-    threshold = getattr(gc, "threshold", None)
-    if threshold is None:
-        return
-    total = gc.mem_free() + gc.mem_alloc()
-    threshold(min(total // 2, _GC_THRESHOLD_MAX))
-
-
 def set_nodelay(writer):
     """Turn on TCP_NODELAY (level 6 = IPPROTO_TCP, option 1) where the
     socket allows it; MicroPython has no constant for it. Best effort."""

@@ -5,7 +5,7 @@ import asyncio
 
 from . import log
 from .broker import Broker, VERSION
-from .compat import const, ticks_ms, ticks_diff, set_nodelay, mem_free, sleep_ms, print_exception, on_sigterm, tune_gc, MICROPYTHON
+from .compat import const, ticks_ms, ticks_diff, set_nodelay, mem_free, sleep_ms, print_exception, on_sigterm, MICROPYTHON
 from .connection import Connection, flush_dirty
 
 _TICK_MS = const(250)
@@ -33,7 +33,6 @@ class Server:
     async def run(self):
         cfg = self.cfg
         self.broker.restore()
-        tune_gc()
         on_sigterm(self.stop)
         srv = await asyncio.start_server(self._accept, cfg["host"], cfg["port"])
         log.info("midge %s listening on %s:%d (%s, max_clients=%d, free heap %d)",
