@@ -56,10 +56,17 @@ def _join(parts):
 
 
 def flush_dirty(broker):
-    """Write the queued output of every connection on broker.dirty."""
+    """Write the queued output of every connection on broker.dirty (sends
+    made meanwhile, by a pump after a write, are flushed by this same loop,
+    not by a scheduled task)."""
     d = broker.dirty
-    while d:
-        d.pop().flush()
+    hold = broker.flush_hold
+    broker.flush_hold = True
+    try:
+        while d:
+            d.pop().flush()
+    finally:
+        broker.flush_hold = hold
 
 
 async def _flush_later(broker):
