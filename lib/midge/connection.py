@@ -189,29 +189,31 @@ class Connection:
                     await self._backpressure()
                     self._received(-1)
                     continue
-                k = len(self._rest)
-                if k and k <= _TAIL_IN_PLACE:
-                    # read behind the room for the tail; _received puts the
-                    # tail in front once the shared buffer is ours again
-                    n = await self.reader.readinto(_shared_mv[k:])
-                else:
-                    n = await self.reader.readinto(_shared_buf)
+                n = await self.reader.readinto(self._read_space())
                 if not n:
                     break  # EOF
                 self._received(n)
-        except OSError as e:
-            log.debug("%s socket error %s", self._name(), e)
         except asyncio.CancelledError:
             pass  # closed by the broker (takeover, keepalive) or the server
-        except Exception as e:  # a bug must cost one connection, never the broker
-            self._internal_error(e)
+        except Exception as e:
+            self._read_failed(e)
         self._closed()
-        try:
-            await self._finish()
-        finally:
-            reg = self.registry
-            if reg is not None:
-                reg.remove(self)
+        await self._finish()
+
+    def _read_failed(self, e):
+        if isinstance(e, OSError):
+            log.debug("%s socket error %s", self._name(), e)
+        else:  # a bug must cost one connection, never the broker
+            self._internal_error(e)
+
+    def _read_space(self):
+        """Where the next read goes: behind the room for a tail that fits
+        (_received puts the tail in front once the shared buffer is ours
+        again), else the whole shared buffer."""
+        k = len(self._rest)
+        if k and k <= _TAIL_IN_PLACE:
+            return _shared_mv[k:]
+        return _shared_buf
 
     def _received(self, n):
         """n new bytes in the shared buffer (-1: none, go on with the tail
@@ -358,7 +360,15 @@ class Connection:
     async def _finish(self):
         """Let what is still queued go out (a refusing CONNACK, the
         acknowledgements before a DISCONNECT) unless a drain stalls past
-        write_timeout_ms, then close the socket."""
+        write_timeout_ms, then close the socket and leave the registry."""
+        try:
+            await self._flush_and_close()
+        finally:
+            reg = self.registry
+            if reg is not None:
+                reg.remove(self)
+
+    async def _flush_and_close(self):
         self.flush()
         limit = self.broker.cfg["write_timeout_ms"]
         while self._drainer is not None:
