@@ -778,3 +778,34 @@ def test_forwarded_views_survive_a_slow_subscriber_drain():
         await ts
     run(main())
     assert payloads(ws.packets()) == [b"%d" % i * 20 for i in range(4)] + [b"X" * 200, b"Y" * 200]
+
+
+def test_a_long_drain_copies_each_part_once():
+    # While a drain runs, each flush makes what arrived since the last one
+    # an own copy (one joined piece), never everything again.
+    b = new_broker(max_outbound_bytes=100000)
+    ws = FakeWriter(block=True)
+    rs = FakeReader([m.connect("sub") + m.subscribe(1, [("t", 0)])], eof=False)
+    rp = FakeReader([m.connect("pub")], eof=False)
+
+    async def main():
+        cs = Connection(b, rs, ws)
+        cp = Connection(b, rp, FakeWriter())
+        ts = asyncio.create_task(cs.run())
+        tp = asyncio.create_task(cp.run())
+        assert await until(lambda: cs._drainer is not None and cp.session is not None)
+        for i in range(5):
+            rp.push(m.publish("t", b"%d" % i * 10) * 2)
+            await asyncio.sleep(0.01)
+            assert len(cs._out) == i + 1 and cs._owned == i + 1
+            assert all(type(x) is not memoryview for x in cs._out)
+        ws.block = False
+        ws.release.set()
+        assert await until(lambda: len(publishes(ws.packets())) == 10)
+        assert cs._owned == 0 and len(cs._out) == 0
+        rp.push(m.disconnect())
+        rs.push(m.disconnect())
+        await tp
+        await ts
+    run(main())
+    assert payloads(ws.packets()) == [b"%d" % (i // 2) * 10 for i in range(10)]

@@ -96,6 +96,7 @@ class Connection:
     _out_bytes = 0          # bytes in _out + written and not yet drained
     _drainer = None         # the task draining the stream, while one runs
     _dirty = False          # on broker.dirty: flushed at the end of this chunk
+    _owned = 0              # leading items of _out that are own copies (while draining)
     _paused = False         # the read loop stopped for backpressure
     _rest = b""             # bytes read but not yet handled (own copy, never the shared buffer)
     _done = False           # socket closed: nothing more is written
@@ -151,10 +152,14 @@ class Connection:
         """Commit, then hand what is queued to the stream, unless a drain is
         running: that task writes the rest when the stream has drained."""
         self._dirty = False
-        if self._drainer is not None and self._out:
+        out = self._out
+        if self._drainer is not None and len(out) > self._owned:
             # kept until the drain ends: own the bytes (views of the shared
-            # read buffer would change under it)
-            self._out = [_join(self._out)]
+            # read buffer would change under it). Only what came since the
+            # last time is copied, so a long drain does not copy it all again.
+            k = self._owned
+            out[k:] = [_join(out[k:])]
+            self._owned = k + 1
         broker = self.broker
         while self._out and self._drainer is None and not self._done:
             if not self._commit():
@@ -308,6 +313,7 @@ class Connection:
             for data in self._out:
                 self._out_bytes -= len(data)
             self._out = ()
+            self._owned = 0
             log.error("%s closed: %s", self._name(), e)
             self.close()
             return False
@@ -317,6 +323,7 @@ class Connection:
         out = self._out
         data = out[0] if len(out) == 1 else _join(out)
         self._out = ()
+        self._owned = 0
         self.writer.write(data)
         return len(data)
 
