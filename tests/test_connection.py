@@ -62,7 +62,7 @@ class FakeReader:
 
 
     async def readinto(self, buf):
-        # MicroPython path of compat.read_chunk (StreamReader.readinto)
+        # the reader interface Connection.run awaits (MicroPython Stream.readinto)
         data = await self.read(len(buf))
         n = len(data)
         buf[0:n] = data

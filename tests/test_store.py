@@ -251,7 +251,7 @@ def crash(b):
 # --- driving the broker as the connection layer does --------------------------------
 
 def feed(b, conn, data):
-    """Handle every packet of one read, then commit (Connection._read_loop);
+    """Handle every packet of one read, then commit (Connection._handle);
     on DISCONNECT detach and commit (Connection.run)."""
     for first, start, end in frames(data):
         handlers.handle(b, conn, first, data, start, end)
