@@ -8,6 +8,15 @@ from midge.protocol import ProtocolError
 BIG = 268435460  # max_packet_size upper bound: no size cap in the way
 
 
+def split_frame(buf, pos, max_packet_size):
+    """codec.frame_end unpacked: (first_byte, body_start, body_end), or
+    None when more bytes are needed (what Connection._handle does with it)."""
+    v = codec.frame_end(buf, pos, max_packet_size)
+    if v < 0:
+        return None
+    return buf[pos], pos + (v & 7), v >> 3
+
+
 def _err(fn, *args):
     try:
         fn(*args)
@@ -31,9 +40,9 @@ def _dec(fn, frame):
 
 def test_split_frame_complete_packet():
     p = m.publish("a/b", b"hello")
-    assert codec.split_frame(p, 0, BIG) == (0x30, 2, len(p))
-    assert codec.split_frame(bytearray(p), 0, BIG) == (0x30, 2, len(p))
-    assert codec.split_frame(m.pingreq(), 0, BIG) == (0xC0, 2, 2)
+    assert split_frame(p, 0, BIG) == (0x30, 2, len(p))
+    assert split_frame(bytearray(p), 0, BIG) == (0x30, 2, len(p))
+    assert split_frame(m.pingreq(), 0, BIG) == (0xC0, 2, 2)
 
 
 def test_frame_end_packs_end_and_header_size():
@@ -48,51 +57,51 @@ def test_split_frame_at_offset_and_back_to_back():
     a = m.pingreq()
     b = m.publish("t", b"x" * 300, qos=1, pid=7)  # two length bytes
     buf = a + b + a
-    f1 = codec.split_frame(buf, 0, BIG)
+    f1 = split_frame(buf, 0, BIG)
     assert f1 == (0xC0, 2, 2)
-    f2 = codec.split_frame(buf, f1[2], BIG)
+    f2 = split_frame(buf, f1[2], BIG)
     assert f2[0] == 0x32
     assert f2[1] == 2 + 3  # first byte + 2 length bytes after offset 2
     assert f2[2] == len(a) + len(b)
-    f3 = codec.split_frame(buf, f2[2], BIG)
+    f3 = split_frame(buf, f2[2], BIG)
     assert f3 == (0xC0, len(buf), len(buf))  # empty body
 
 
 def test_split_frame_every_partial_prefix_needs_more():
     p = m.publish("topic/x", b"y" * 200)  # two-byte remaining length
     for n in range(len(p)):
-        assert codec.split_frame(p[:n], 0, BIG) is None, n
-    assert codec.split_frame(p, 0, BIG) is not None
+        assert split_frame(p[:n], 0, BIG) is None, n
+    assert split_frame(p, 0, BIG) is not None
     # partial after a complete packet, at an offset
     buf = m.pingreq() + p[:5]
-    assert codec.split_frame(buf, 2, BIG) is None
+    assert split_frame(buf, 2, BIG) is None
 
 
 def test_split_frame_four_length_bytes_allowed():
     # 268435455 = 0xFF 0xFF 0xFF 0x7F, the largest length [MQTT-2.2.3]:
     # legal, so just "need more bytes"
-    assert codec.split_frame(b"\x30\xff\xff\xff\x7f", 0, BIG) is None
+    assert split_frame(b"\x30\xff\xff\xff\x7f", 0, BIG) is None
     # 2097152 = 0x80 0x80 0x80 0x01
-    assert codec.split_frame(b"\x30\x80\x80\x80\x01", 0, BIG) is None
+    assert split_frame(b"\x30\x80\x80\x80\x01", 0, BIG) is None
 
 
 def test_split_frame_fifth_length_byte_is_malformed():
-    e = _err(codec.split_frame, b"\x30\xff\xff\xff\xff\x01", 0, BIG)
+    e = _err(codec.frame_end, b"\x30\xff\xff\xff\xff\x01", 0, BIG)
     assert e is not None and e.counter == "malformed_packets"
     # known to be malformed as soon as the 4th byte has its continuation bit
-    assert _err(codec.split_frame, b"\x30\x80\x80\x80\x80", 0, BIG) is not None
+    assert _err(codec.frame_end, b"\x30\x80\x80\x80\x80", 0, BIG) is not None
 
 
 def test_split_frame_oversize_rejected_from_header():
     # exactly max_packet_size (header included) passes
     p = m.publish("t", b"z" * 100)
-    assert codec.split_frame(p, 0, len(p)) == (0x30, 2, len(p))
-    e = _err(codec.split_frame, p, 0, len(p) - 1)
+    assert split_frame(p, 0, len(p)) == (0x30, 2, len(p))
+    e = _err(codec.frame_end, p, 0, len(p) - 1)
     assert e is not None and e.counter == "oversize_packets"
     # only the header has arrived: rejected before the body is buffered
-    e = _err(codec.split_frame, b"\x30\x88\x27", 0, 4096)  # 5000 bytes
+    e = _err(codec.frame_end, b"\x30\x88\x27", 0, 4096)  # 5000 bytes
     assert e is not None and e.counter == "oversize_packets"
-    e = _err(codec.split_frame, b"\x30\xff\xff\xff\x7f", 0, 4096)
+    e = _err(codec.frame_end, b"\x30\xff\xff\xff\x7f", 0, 4096)
     assert e is not None and e.counter == "oversize_packets"
 
 
@@ -408,7 +417,7 @@ def test_decoders_on_a_reused_buffer_return_copies():
     frame = m.publish("t/x", b"payload", qos=1, pid=2)
     buf = bytearray(frame)
     mv = memoryview(buf)
-    assert codec.split_frame(mv, 0, BIG) == (0x32, 2, len(frame))
+    assert split_frame(mv, 0, BIG) == (0x32, 2, len(frame))
     p = codec.decode_publish(2, mv, 2, len(frame))
     topic, qos, pid, payload, tb = p.topic, p.qos, p.pid, p.payload, p.topic_bytes
     c = m.connect("cid", will_topic="w", will_payload=b"wp", username="u", password=b"pw")

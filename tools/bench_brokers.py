@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 
+from procutil import signal_and_wait  # tools/ is on sys.path (tools/bench.py)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOST = "127.0.0.1"
 VENV_BIN = os.path.join(ROOT, ".venv", "bin")
@@ -165,13 +167,7 @@ class BrokerProcess:
         if self.proc.poll() is not None:
             notes.append("%s died during the scenario (status %s); log tail: %s" % (
                 self.name, self.proc.returncode, self.log_tail(8)))
-        else:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        elif not signal_and_wait(self.proc, signal.SIGTERM, 5):
                 notes.append("%s ignored SIGTERM for 5 s (killed)" % self.name)
         text = self.log()
         if "Traceback" in text:

@@ -1,7 +1,7 @@
 # Pure MQTT 3.1.1 encoding and decoding over bytes. No I/O, no state.
 #
 # Decoders take the receive buffer and the [start, end) span of one packet's
-# variable header + payload (as found by split_frame) and either return the
+# variable header + payload (as found by frame_end) and either return the
 # decoded fields or raise ProtocolError; they never read outside the span.
 # Encoders return bytes ready for the socket.
 from .compat import const
@@ -44,15 +44,6 @@ def frame_end(buf, pos, max_packet_size):
     if i + length > end:
         return -1
     return ((i + length) << 3) | (i - pos)
-
-
-def split_frame(buf, pos, max_packet_size):
-    """frame_end() as (first_byte, body_start, body_end), or None when more
-    bytes are needed."""
-    v = frame_end(buf, pos, max_packet_size)
-    if v < 0:
-        return None
-    return buf[pos], pos + (v & 7), v >> 3
 
 
 def encode_length(n):

@@ -29,6 +29,9 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if os.path.join(REPO, "tools") not in sys.path:
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+from procutil import signal_and_wait  # noqa: E402
 HOST = "127.0.0.1"
 
 
@@ -185,12 +188,7 @@ class BrokerProc:
             raise BrokerError("broker process died unexpectedly (status %s); log tail:\n%s" % (
                 self.proc.returncode, self.log_tail()))
         if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            if not signal_and_wait(self.proc, sig, timeout):
                 raise BrokerError("broker did not exit within %.0f s of signal %d; log tail:\n%s"
                                   % (timeout, sig, self.log_tail()))
         self.ended = True
@@ -245,13 +243,7 @@ class BrokerProc:
         elif self.proc.poll() is not None:
             err = "broker process died unexpectedly (status %s); log tail:\n%s" % (
                 self.proc.returncode, self.log_tail())
-        else:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        elif not signal_and_wait(self.proc, signal.SIGTERM, 5):
                 err = "broker did not exit within 5 s of SIGTERM; log tail:\n%s" % self.log_tail()
         if self._log is not None:
             self._log.close()

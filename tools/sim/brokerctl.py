@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 
+from procutil import signal_and_wait  # tools/ is on sys.path (tools/sim.py)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -132,12 +134,7 @@ class BrokerCtl:
         """SIGTERM (on the unix port: dies at once), wait; returns the status."""
         if self.alive():
             self.killed = True
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            signal_and_wait(self.proc, signal.SIGTERM, 5)
         self._close_log()
         return None if self.proc is None else self.proc.returncode
 
