@@ -379,8 +379,9 @@ def test_queue_drops_oldest_bytes():
 
 def test_queue_total_caps_over_all_sessions():
     # max_queued_total 3 over all sessions: a's two messages and b's one
-    # fill it; b's next message makes room by dropping b's OWN oldest; a
-    # session with nothing queued gets nothing once the total is full.
+    # fill it; b's next message makes room by dropping the oldest message
+    # of the session holding the most (a); z, holding nothing, still gets
+    # its message: the largest holder (now b) pays for it.
     b = make_broker(max_queued_total=3)
     for cid in ("a", "b", "z"):
         c = join(b, cid, clean=False)
@@ -392,17 +393,36 @@ def test_queue_total_caps_over_all_sessions():
     assert b.queued_total == 3 and b.counters["queue_dropped"] == 0
     pub(b, "b", b"b1", 1)
     assert b.counters["queue_dropped"] == 1
-    assert [e[0].payload for e in b.sessions["b"].queue] == [b"b1"]
-    assert len(b.sessions["a"].queue) == 2
+    assert [e[0].payload for e in b.sessions["a"].queue] == [b"a1"]
+    assert [e[0].payload for e in b.sessions["b"].queue] == [b"b0", b"b1"]
     pub(b, "z", b"z0", 1)
-    assert len(b.sessions["z"].queue) == 0 and b.counters["queue_dropped"] == 2
-    assert b.queued_total == 3
+    assert [e[0].payload for e in b.sessions["z"].queue] == [b"z0"]
+    assert [e[0].payload for e in b.sessions["b"].queue] == [b"b1"]
+    assert b.counters["queue_dropped"] == 2 and b.queued_total == 3
     # delivering and dropping sessions keep the totals exact
     c, ok, ack = connect(b, "a", clean=False)
-    assert payloads(c.take()) == [b"a0", b"a1"]
-    assert b.queued_total == 1
+    assert payloads(c.take()) == [b"a1"]
+    assert b.queued_total == 2
     c2, ok, ack = connect(b, "b", clean=True)  # discards b's session
-    assert b.queued_total == 0 and b.queued_bytes_total == 0
+    assert b.queued_total == 1 and b.queued_bytes_total == len(b"z") + len(b"z0")
+
+
+def test_queue_total_cap_hoarders_cannot_starve_a_small_session():
+    # Two offline '#' sessions fill max_queued_total; a session that holds a
+    # few messages still receives every one of them: the hoarders pay.
+    b = make_broker(max_queued_total=20)
+    for cid, filt in (("h1", "#"), ("h2", "#"), ("victim", "v/t")):
+        c = join(b, cid, clean=False)
+        sub(b, c, filt, 1)
+        b.detach(c, True)
+    for i in range(40):
+        pub(b, "noise/%d" % i, b"n", 1)
+    assert b.queued_total == 20
+    for i in range(5):
+        pub(b, "v/t", b"v%d" % i, 1)
+    assert b.queued_total == 20
+    c, ok, ack = connect(b, "victim", clean=False)
+    assert payloads(c.take()) == [b"v%d" % i for i in range(5)]
 
 
 def test_queue_total_bytes_cap():
@@ -415,7 +435,8 @@ def test_queue_total_bytes_cap():
     pub(b, "t", b"%09d" % 0, 1)
     assert b.queued_bytes_total == 20
     pub(b, "t", b"%09d" % 1, 1)
-    # 20 + 10 > 25: each session drops its own oldest to make room
+    # 20 + 10 > 25: the largest queue pays; on a tie the receiving session
+    # drops its own oldest
     assert b.queued_bytes_total == 20
     assert b.counters["queue_dropped"] == 2
     for cid in ("p", "q"):
@@ -1040,3 +1061,286 @@ def test_board_eviction_prefers_oldest_after_a_week():
         assert "z" not in b.sessions, "evicted the more recently seen session"
         assert "a" in b.sessions
     _on_board(body)
+
+
+# --- hardening: fair caps, bounded SUBSCRIBE work, resends, heap steps (issue 8) ---------
+
+def _offline(b, cid, filt=None, clock=None):
+    c = join(b, cid, clean=False)
+    if filt is not None:
+        sub(b, c, filt, 1)
+    b.detach(c, True)
+    if clock is not None:
+        clock.advance(10)
+    return c
+
+
+def test_eviction_takes_an_idle_session_before_one_holding_messages():
+    clock = Clock()
+    b = make_broker(clock, max_sessions=3)
+    _offline(b, "victim", "v", clock)
+    pub(b, "v", b"owed", 1)
+    _offline(b, "idle", None, clock)   # seen later than victim, holds nothing
+    join(b, "online")
+    join(b, "new")                     # full: evicts idle, not the older victim
+    assert "idle" not in b.sessions and "victim" in b.sessions
+    assert b.counters["sessions_evicted"] == 1
+
+
+def test_clean_client_never_evicts_a_session_holding_messages():
+    b = make_broker(max_sessions=2)
+    _offline(b, "victim", "v")
+    pub(b, "v", b"owed", 1)
+    join(b, "online")
+    conn, ok, ack = connect(b, "throwaway")
+    assert not ok and ack["rc"] == 3
+    assert b.counters["sessions_refused"] == 1 and b.counters["sessions_evicted"] == 0
+    c = join(b, "victim", clean=False) if b.sessions["online"].conn is None else None
+    assert c is None  # still full: the victim reconnects after the online client leaves
+    b.detach(b.sessions["online"].conn, True)
+    c, ok, ack = connect(b, "victim", clean=False)
+    assert ok and ack["session_present"] == 1 and payloads(c.take()) == [b"owed"]
+
+
+def test_throwaway_persistent_sessions_churn_each_other_not_an_established_one():
+    # Twelve throw-away persistent clients, each subscribed to '#' so that
+    # they too hold messages, come and go: each evicts the most recently
+    # created holder (another throw-away), never the established victim.
+    clock = Clock()
+    b = make_broker(clock, max_sessions=4)
+    _offline(b, "victim", "v", clock)
+    for i in range(5):
+        pub(b, "v", b"%d" % i, 1)
+    join(b, "online")
+    for i in range(12):
+        _offline(b, "throwaway-%d" % i, "#", clock)
+        pub(b, "noise", b"n", 1)
+    assert "victim" in b.sessions
+    b.detach(b.sessions["online"].conn, True)
+    c, ok, ack = connect(b, "victim", clean=False)
+    assert ok and ack["session_present"] == 1
+    assert payloads(c.take()) == [b"%d" % i for i in range(5)]
+
+
+def test_sessions_loaded_from_the_store_count_as_oldest():
+    b = make_broker(max_sessions=3)
+    for cid, sid in (("old1", 1), ("old2", 2)):
+        _offline(b, cid, "t/" + cid)
+        b.sessions[cid].serial = 0     # as loaded from a store
+        b.sessions[cid].sid = sid
+    pub(b, "t/old1", b"x", 1)
+    pub(b, "t/old2", b"y", 1)
+    join(b, "online")
+    c, ok, ack = connect(b, "newcomer", clean=False)
+    assert ok and "old1" in b.sessions and "old2" not in b.sessions  # the higher sid is newer
+
+
+def test_repeated_filter_in_one_subscribe_is_one_subscription():
+    b = make_broker()
+    for i in range(24):
+        pub(b, "r/%d" % i, b"v", 0, retain=True)
+    c = join(b, "c", cap=64)           # reads nothing: room for a few messages only
+    b.subscribe(c.session, 1, [("#", 0)] * 16)
+    pk = c.take()
+    assert pk[0]["type"] == "suback" and pk[0]["codes"] == [0] * 16
+    assert b.subs.count == 1 and len(c.session.subs) == 1
+    sent = len(publishes(pk))
+    assert sent + len(c.session.backlog) == 24   # each retained topic once
+    for _ in range(40):                # more of the same while not reading
+        b.subscribe(c.session, 2, [("#", 0)] * 16)
+    assert len(c.session.backlog) <= 24
+
+
+def test_backlog_holds_each_topic_once_and_is_capped():
+    b = make_broker(max_retained_messages=4, sys_interval_s=1)
+    c = join(b, "c", cap=16)
+    for i in range(4):
+        pub(b, "r/%d" % i, b"v", 1, retain=True)
+    b.subscribe(c.session, 1, [("r/#", 1)])
+    b.subscribe(c.session, 2, [("$SYS/#", 0)])   # nothing there yet
+    assert len(c.session.backlog) <= b._backlog_cap()
+    # retained topics replaced and new ones made while the client does not
+    # read: the backlog keeps the newest value per topic, within its cap
+    for rnd in range(10):
+        for i in range(4):
+            pub(b, "r/%d" % i, b"v%d" % rnd, 1, retain=True)
+        b.subscribe(c.session, 3, [("r/#", 1)])
+    bl = c.session.backlog
+    assert len(bl) <= b._backlog_cap()
+    assert sorted(e[0].payload for e in bl.values()) == sorted([b"v9"] * len(bl))
+
+
+def test_sys_retained_set_counts_toward_the_backlog_cap():
+    clock = Clock()
+    b = make_broker(clock, sys_interval_s=1, max_retained_messages=2)
+    b.tick()                            # publishes the $SYS set (exempt from the caps)
+    n_sys = b.retained.total - b.retained.count
+    assert n_sys > 10
+    assert b._backlog_cap() == 2 + n_sys
+    c = join(b, "c", cap=16)
+    for i in range(40):
+        b.subscribe(c.session, i + 1, [("$SYS/#", 0)])
+    assert len(c.session.backlog) <= n_sys
+
+
+def test_over_long_and_over_deep_filters_refused_before_split():
+    b = make_broker(max_topic_length=128, max_topic_levels=8)
+    c = join(b, "c")
+    b.subscribe(c.session, 1, [(None, 0), ("/" * 4080, 1), ("a/b/c/d/e/f/g/h/i", 0), ("ok/+", 1)])
+    assert c.take()[0]["codes"] == [0x80, 0x80, 0x80, 1]
+    assert b.counters["topic_limit"] == 3 and b.subs.count == 1
+
+
+def test_filters_past_the_per_packet_cap_refused():
+    b = make_broker()
+    c = join(b, "c")
+    b.subscribe(c.session, 1, [("a/%d" % i, 0) for i in range(3)], 5)
+    assert c.take()[0]["codes"] == [0, 0, 0] + [0x80] * 5
+    assert b.counters["subscriptions_refused"] == 5 and b.subs.count == 3
+
+
+def test_resend_after_reconnect_waits_for_room_and_keeps_order():
+    b = make_broker(max_inflight=8)
+    c = join(b, "c", clean=False)
+    sub(b, c, "t", 1)
+    for i in range(8):
+        pub(b, "t", b"%d" % i + b"x" * 100, 1)
+    assert len(publishes(c.take())) == 8    # all in flight, none acknowledged
+    b.detach(c, False)
+    c, ok, ack = connect(b, "c", clean=False, cap=250)   # room for two at a time
+    s = c.session
+    pub(b, "t", b"new", 1)                  # must wait behind the resends
+    got = publishes(c.take())
+    assert 1 <= len(got) <= 3 and all(p["dup"] == 1 for p in got)
+    seen = [p["payload"][:1] for p in got]
+    b.puback(s, got[0]["pid"])              # acknowledged: room and window for more
+    while True:
+        b.pump(s)
+        more = publishes(c.take())
+        if not more:
+            break
+        seen += [p["payload"][:1] for p in more]
+        for p in more:
+            b.puback(s, p["pid"])
+    for p in got[1:]:
+        b.puback(s, p["pid"])
+    b.pump(s)
+    seen += [p["payload"][:1] for p in publishes(c.take())]
+    assert seen == [b"%d" % i for i in range(8)] + [b"n"]
+
+
+def test_memory_error_delivering_to_one_subscriber_spares_the_publisher_and_others():
+    b = make_broker()
+    victim = _offline(b, "victim", "t")
+    other = join(b, "other")
+    sub(b, other, "t", 1)
+    pubc = join(b, "pub")
+
+    def no_heap(item):
+        raise MemoryError()
+    b.sessions["victim"].add_queued = no_heap
+    pub(b, "t", b"x", 1)          # raises nothing into the publisher's path
+    assert b.counters["memory_errors"] == 1
+    assert payloads(other.take()) == [b"x"]
+    assert pubc.closed == 0 and b.sessions["pub"].conn is pubc
+    assert len(b.sessions["victim"].queue) == 0
+
+
+def test_memory_error_delivering_closes_an_online_subscriber():
+    b = make_broker()
+    s1 = join(b, "s1")
+    sub(b, s1, "t", 0)
+
+    def no_heap(data):
+        raise MemoryError()
+    s1.send = no_heap
+    pub(b, "t", b"x", 0)
+    assert s1.closed == 1 and b.counters["memory_errors"] == 1
+
+
+def test_heap_low_refuses_new_sessions_and_drops_qos0_to_slow_subscribers():
+    b = make_broker(max_outbound_bytes=1000)
+    fast = join(b, "fast")
+    slow = join(b, "slow", cap=1000)
+    _offline(b, "back", "t")
+    sub(b, fast, "t", 0)
+    sub(b, slow, "t", 0)
+    slow.send(bytes(m.pingresp()))      # the slow one has output waiting
+    b.heap.level = 1                    # heap.LOW
+    conn, ok, ack = connect(b, "newcomer")
+    assert not ok and ack["rc"] == 3 and b.counters["heap_refused"] == 1
+    c, ok, ack = connect(b, "back", clean=False)   # an existing session may return
+    assert ok and ack["session_present"] == 1
+    pub(b, "t", b"q0", 0)
+    assert payloads(fast.take()) == [b"q0"]
+    assert payloads(slow.take()) == []
+    assert b.counters["heap_dropped"] == 1
+
+
+def test_heap_critical_refuses_new_subscriptions_retained_topics_and_queueing():
+    b = make_broker()
+    c = join(b, "c")
+    sub(b, c, "old", 1)
+    pub(b, "keep", b"1", 0, retain=True)
+    _offline(b, "away", "q")
+    b.heap.level = 2                    # heap.CRITICAL
+    b.subscribe(c.session, 5, [("old", 0), ("new", 0)])
+    assert c.take()[0]["codes"] == [0, 0x80]
+    pub(b, "keep", b"2", 0, retain=True)     # replacing a retained topic: allowed
+    pub(b, "fresh", b"1", 0, retain=True)    # a new one: refused
+    assert b.retained.get(["keep"]).payload == b"2" and b.retained.get(["fresh"]) is None
+    pub(b, "q", b"later", 1)                 # would have to wait in a queue
+    assert len(b.sessions["away"].queue) == 0
+    assert b.counters["heap_refused"] == 2 and b.counters["heap_dropped"] == 1
+
+
+def test_make_room_drops_the_oldest_messages_of_the_largest_queue():
+    b = make_broker(max_queued_messages=100, max_queued_total=1000)
+    _offline(b, "big", "t/#")
+    _offline(b, "small", "t/s")
+    for i in range(20):
+        pub(b, "t/b", b"%d" % i, 1)
+    for i in range(3):
+        pub(b, "t/s", b"s%d" % i, 1)
+    calls = []
+
+    def fits():
+        calls.append(1)
+        return len(calls) >= 2    # a block of one packet is free after 16 drops
+    b.heap.fits = fits
+    assert b.make_room()
+    big = b.sessions["big"].queue
+    assert b.counters["heap_dropped"] == 16 and len(b.sessions["small"].queue) == 3
+    # big held 23 (its '#' matched the three of t/s too): the 16 oldest went
+    assert [e[0].payload for e in big] == [b"16", b"17", b"18", b"19", b"s0", b"s1", b"s2"]
+    assert not make_broker().make_room()   # nothing queued: nothing to give back
+
+
+def test_publish_without_a_block_for_its_payload_makes_room_and_goes_on():
+    import midge.handlers as handlers
+    from midge import codec
+    import mqttspec as m
+    b = make_broker()
+    _offline(b, "hoarder", "h")
+    for i in range(10):
+        pub(b, "h", b"x" * 50, 1)
+    c = join(b, "pub")
+    real = codec.decode_publish
+    state = {"fail": 1}
+
+    def flaky(*args):
+        if state["fail"]:
+            state["fail"] -= 1
+            raise MemoryError()
+        return real(*args)
+    codec.decode_publish = flaky
+    b.heap.fits = lambda: True
+    try:
+        data = m.publish("t", b"payload", qos=1, pid=7)
+        n, k = m.decode_remaining_length(data, 1)
+        handlers.handle(b, c, data[0], data, 1 + k, 1 + k + n)
+    finally:
+        codec.decode_publish = real
+    pk = c.take()
+    assert pk[0]["type"] == "puback" and pk[0]["pid"] == 7
+    assert b.counters["heap_dropped"] >= 1 and c.closed == 0

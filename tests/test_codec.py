@@ -323,44 +323,72 @@ def test_decode_pid_only_malformed():
 
 # --- SUBSCRIBE / UNSUBSCRIBE --------------------------------------------------------------------
 
+def _subscribe_body(flags, buf, start, end):
+    """Decode a SUBSCRIBE as the handler does: check_subscribe validates the
+    whole body, then str_len / str_at read each filter."""
+    pid = codec.check_subscribe(flags, buf, start, end)
+    out = []
+    pos = start + 2
+    while pos < end:
+        n = codec.str_len(buf, pos)
+        out.append((codec.str_at(buf, pos + 2, n), buf[pos + 2 + n]))
+        pos += 3 + n
+    return pid, out
+
+
+def _unsubscribe_body(flags, buf, start, end):
+    pid = codec.check_unsubscribe(flags, buf, start, end)
+    out = []
+    pos = start + 2
+    while pos < end:
+        n = codec.str_len(buf, pos)
+        out.append(codec.str_at(buf, pos + 2, n))
+        pos += 2 + n
+    return pid, out
+
+
 def test_decode_subscribe():
-    pid, subs = _dec(codec.decode_subscribe, m.subscribe(10, [("a/+", 0), ("b/#", 1), ("\u00e9", 2)]))
+    pid, subs = _dec(_subscribe_body, m.subscribe(10, [("a/+", 0), ("b/#", 1), ("\u00e9", 2)]))
     assert pid == 10
     assert subs == [("a/+", 0), ("b/#", 1), ("\u00e9", 2)]
 
 
-def test_decode_subscribe_malformed():
+def test_check_subscribe_malformed():
     # flags must be 0010 [MQTT-3.8.1-1]
-    assert _err(_dec, codec.decode_subscribe, m.subscribe(1, [("a", 0)], first_byte=0x80)) is not None
-    assert _err(_dec, codec.decode_subscribe, m.subscribe(1, [("a", 0)], first_byte=0x83)) is not None
+    assert _err(_dec, codec.check_subscribe, m.subscribe(1, [("a", 0)], first_byte=0x80)) is not None
+    assert _err(_dec, codec.check_subscribe, m.subscribe(1, [("a", 0)], first_byte=0x83)) is not None
     # no filters [MQTT-3.8.3-3]
-    assert _err(_dec, codec.decode_subscribe, m.subscribe(1, [])) is not None
+    assert _err(_dec, codec.check_subscribe, m.subscribe(1, [])) is not None
     # QoS 3 and reserved bits in the requested QoS byte [MQTT-3.8.3-4]
-    assert _err(_dec, codec.decode_subscribe, m.subscribe(1, [("a", 3)])) is not None
-    assert _err(_dec, codec.decode_subscribe, m.subscribe(1, [("a", 0x04)])) is not None
-    assert _err(_dec, codec.decode_subscribe, m.subscribe(1, [("a", 0x81)])) is not None
+    assert _err(_dec, codec.check_subscribe, m.subscribe(1, [("a", 3)])) is not None
+    assert _err(_dec, codec.check_subscribe, m.subscribe(1, [("a", 0x04)])) is not None
+    assert _err(_dec, codec.check_subscribe, m.subscribe(1, [("a", 0x81)])) is not None
     # packet identifier 0
-    assert _err(_dec, codec.decode_subscribe, m.subscribe(0, [("a", 0)])) is not None
+    assert _err(_dec, codec.check_subscribe, m.subscribe(0, [("a", 0)])) is not None
     # filter without its QoS byte, truncated filter, truncated pid
-    assert _err(_dec, codec.decode_subscribe, m.packet(0x82, b"\x00\x01\x00\x01a")) is not None
-    assert _err(_dec, codec.decode_subscribe, m.packet(0x82, b"\x00\x01\x00\x05a\x00")) is not None
-    assert _err(_dec, codec.decode_subscribe, m.packet(0x82, b"\x00")) is not None
-    # invalid UTF-8 / U+0000 in the filter
-    assert _err(_dec, codec.decode_subscribe, m.subscribe(1, [(b"\xff", 0)])) is not None
-    assert _err(_dec, codec.decode_subscribe, m.subscribe(1, [(b"a\x00", 0)])) is not None
+    assert _err(_dec, codec.check_subscribe, m.packet(0x82, b"\x00\x01\x00\x01a")) is not None
+    assert _err(_dec, codec.check_subscribe, m.packet(0x82, b"\x00\x01\x00\x05a\x00")) is not None
+    assert _err(_dec, codec.check_subscribe, m.packet(0x82, b"\x00")) is not None
+    # invalid UTF-8 / U+0000 in the filter, also after valid ones (the whole
+    # packet is checked before anything is applied)
+    assert _err(_dec, codec.check_subscribe, m.subscribe(1, [(b"\xff", 0)])) is not None
+    assert _err(_dec, codec.check_subscribe, m.subscribe(1, [(b"a\x00", 0)])) is not None
+    assert _err(_dec, codec.check_subscribe, m.subscribe(1, [("ok", 0), (b"\xed\xa0\x80", 0)])) is not None
+    assert _err(_dec, codec.check_subscribe, m.subscribe(1, [("ok", 0), (b"\xc0\x80", 0)])) is not None
 
 
 def test_decode_unsubscribe():
-    pid, filters = _dec(codec.decode_unsubscribe, m.unsubscribe(300, ["a/#", "b"]))
+    pid, filters = _dec(_unsubscribe_body, m.unsubscribe(300, ["a/#", "b"]))
     assert pid == 300 and filters == ["a/#", "b"]
 
 
-def test_decode_unsubscribe_malformed():
-    assert _err(_dec, codec.decode_unsubscribe, m.unsubscribe(1, ["a"], first_byte=0xA0)) is not None
-    assert _err(_dec, codec.decode_unsubscribe, m.unsubscribe(1, [])) is not None  # [MQTT-3.10.3-2]
-    assert _err(_dec, codec.decode_unsubscribe, m.unsubscribe(0, ["a"])) is not None
-    assert _err(_dec, codec.decode_unsubscribe, m.packet(0xA2, b"\x00\x01\x00\x03ab")) is not None
-    assert _err(_dec, codec.decode_unsubscribe, m.unsubscribe(1, [b"\xed\xa0\x80"])) is not None
+def test_check_unsubscribe_malformed():
+    assert _err(_dec, codec.check_unsubscribe, m.unsubscribe(1, ["a"], first_byte=0xA0)) is not None
+    assert _err(_dec, codec.check_unsubscribe, m.unsubscribe(1, [])) is not None  # [MQTT-3.10.3-2]
+    assert _err(_dec, codec.check_unsubscribe, m.unsubscribe(0, ["a"])) is not None
+    assert _err(_dec, codec.check_unsubscribe, m.packet(0xA2, b"\x00\x01\x00\x03ab")) is not None
+    assert _err(_dec, codec.check_unsubscribe, m.unsubscribe(1, [b"\xed\xa0\x80"])) is not None
+    assert _err(_dec, codec.check_unsubscribe, m.unsubscribe(1, ["a", b"\x00"])) is not None
 
 
 def test_check_empty():
@@ -401,14 +429,16 @@ def test_encode_suback_and_pingresp():
     assert codec.PINGRESP == m.pingresp() == b"\xd0\x00"
 
 
-def test_encode_publish_packet():
+def test_encode_publish_head():
+    # head + the payload itself is the whole PUBLISH
     cases = [("a/b", b"hi", 0, False, False), ("t", b"", 1, True, False),
              ("x/\u00e9", b"p" * 300, 2, False, True), ("$SYS/x", b"1", 1, True, True),
              ("big", b"q" * 20000, 1, False, False)]  # three length bytes
     for topic, payload, qos, retain, dup in cases:
-        pkt = codec.publish_packet(topic.encode(), payload, qos, retain, dup, 0x0A0B)
+        head = codec.publish_head(topic.encode(), len(payload), qos, retain, dup, 0x0A0B)
         want = m.publish(topic, payload, qos=qos, retain=retain, dup=dup, pid=0x0A0B if qos else None)
-        assert bytes(pkt) == want, topic
+        assert bytes(head) + payload == want, topic
+        assert len(head) == len(want) - len(payload)
 
 
 def test_decoders_on_a_reused_buffer_return_copies():
@@ -426,7 +456,7 @@ def test_decoders_on_a_reused_buffer_return_copies():
     conn = codec.decode_connect(flags, memoryview(cbuf), start, end)
     sbuf = bytearray(m.subscribe(3, [("a/#", 1)]))
     flags, start, end = _body(bytes(sbuf))
-    spid, subs = codec.decode_subscribe(flags, memoryview(sbuf), start, end)
+    spid, subs = _subscribe_body(flags, memoryview(sbuf), start, end)
     for i in range(len(buf)):
         buf[i] = 0x58
     for i in range(len(cbuf)):

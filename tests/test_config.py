@@ -179,3 +179,51 @@ def test_backpressure_ms():
     assert load_config({"backpressure_ms": 0})["backpressure_ms"] == 0
     msg = _err(load_config, {"backpressure_ms": 10001})
     assert msg is not None and "backpressure_ms" in msg
+
+
+def test_read_json_is_strict_and_names_file_and_position():
+    # MicroPython's json took this; both interpreters refuse it now.
+    path = _write(5, '{"max_clients": 5,}')
+    try:
+        msg = _err(read_json, path)
+        assert msg is not None and path in msg, msg
+        assert "line 1 column 18: trailing comma" in msg, msg
+    finally:
+        os.remove(path)
+    for n, text in ((6, '{"port": 1883} // local'), (7, "{'port': 1883}"),
+                    (8, '{"port": 01883}'), (9, '{"port": NaN}'), (10, "")):
+        path = _write(n, text)
+        try:
+            msg = _err(read_json, path)
+            assert msg is not None and path in msg and "line 1 column" in msg, (text, msg)
+        finally:
+            os.remove(path)
+
+
+def test_read_json_size_cap():
+    cap = 16384
+    body = '{"port": 1999}'
+    path = _write(11, body + " " * (cap - len(body)))  # exactly the cap: read
+    try:
+        assert read_json(path) == {"port": 1999}
+    finally:
+        os.remove(path)
+    path = _write(12, body + " " * (cap + 1 - len(body)))  # one byte more: refused
+    try:
+        msg = _err(read_json, path)
+        assert msg is not None and path in msg and "16384" in msg, msg
+    finally:
+        os.remove(path)
+
+
+def test_read_json_not_a_file_or_not_utf8():
+    msg = _err(read_json, "/tmp")  # a directory
+    assert msg is not None and "/tmp" in msg, msg
+    path = _TMP % 13
+    with open(path, "wb") as f:
+        f.write(b'{"host": "\xed\xa0\x80"}')  # a surrogate in UTF-8: not UTF-8
+    try:
+        msg = _err(read_json, path)
+        assert msg is not None and path in msg and "invalid UTF-8" in msg, msg
+    finally:
+        os.remove(path)

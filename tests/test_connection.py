@@ -781,8 +781,8 @@ def test_forwarded_views_survive_a_slow_subscriber_drain():
 
 
 def test_a_long_drain_copies_each_part_once():
-    # While a drain runs, each flush makes what arrived since the last one
-    # an own copy (one joined piece), never everything again.
+    # While a drain runs, each flush makes the views that arrived since the
+    # last one own copies, never everything again.
     b = new_broker(max_outbound_bytes=100000)
     ws = FakeWriter(block=True)
     rs = FakeReader([m.connect("sub") + m.subscribe(1, [("t", 0)])], eof=False)
@@ -797,7 +797,7 @@ def test_a_long_drain_copies_each_part_once():
         for i in range(5):
             rp.push(m.publish("t", b"%d" % i * 10) * 2)
             await asyncio.sleep(0.01)
-            assert len(cs._out) == i + 1 and cs._owned == i + 1
+            assert cs._owned == len(cs._out)
             assert all(type(x) is not memoryview for x in cs._out)
         ws.block = False
         ws.release.set()
@@ -809,3 +809,306 @@ def test_a_long_drain_copies_each_part_once():
         await ts
     run(main())
     assert payloads(ws.packets()) == [b"%d" % (i // 2) * 10 for i in range(10)]
+
+
+# --- hardening: the output cap, MemoryError isolation, admission (issue 8) ---------------
+
+class BrokenWriter(FakeWriter):
+    """write() raises `exc` (a MemoryError while joining or writing)."""
+
+    def __init__(self, exc):
+        FakeWriter.__init__(self)
+        self.exc = exc
+
+    def write(self, b):
+        raise self.exc
+
+
+def test_unread_replies_close_the_connection_at_the_output_cap():
+    # a client that sends PINGREQs and never reads: the PINGRESPs pile up
+    # behind a stalled drain until max_unsent; then the connection is closed
+    # and its output dropped
+    b = new_broker(max_outbound_bytes=256, max_packet_size=64, max_reply_bytes=64)
+    assert b.max_unsent == 256 + 64 + 64
+    w = FakeWriter(block=True)
+    r = FakeReader([m.connect("flood")], eof=False)
+    reg = []
+
+    async def main():
+        c = Connection(b, r, w, reg)
+        t = asyncio.create_task(c.run())
+        assert await until(lambda: c.session is not None and c.drain_started_ms >= 0)
+        for _ in range(50):
+            r.push(m.pingreq() * 10)
+            await asyncio.sleep(0)
+            if c.closing:
+                break
+        await t
+        return c
+    c = run(main())
+    assert b.counters["output_overflows"] == 1
+    assert w.closed and reg == [] and b.online == 0
+    assert c._abandon and len(c._out) == 0
+
+
+def test_small_replies_are_packed_into_one_buffer():
+    b = new_broker()
+    c = Connection(b, FakeReader([]), FakeWriter())
+    c.send(b"\x30\x03\x00\x01t" * 10)   # a delivery: kept as it is
+    for pid in range(1, 101):
+        c.send(m.puback(pid))
+    assert len(c._out) == 2 and c._out_bytes == 50 + 400
+    pk, rest = m.parse_all(bytes(c._out[1]))
+    assert rest == b"" and [p["pid"] for p in pk] == list(range(1, 101))
+
+
+def test_memory_error_writing_to_one_connection_closes_only_it():
+    b = new_broker(sys_interval_s=0)
+    ws = BrokenWriter(MemoryError())
+    rs = FakeReader([], eof=False)
+    rp = FakeReader([m.connect("pub")], eof=False)
+    wp = FakeWriter()
+
+    async def main():
+        cs = Connection(b, rs, ws)
+        ts = asyncio.create_task(cs.run())
+        cp = Connection(b, rp, wp)
+        tp = asyncio.create_task(cp.run())
+        assert await until(lambda: cp.session is not None)
+        # the subscriber's session exists without output yet: attach it by hand
+        assert b.connect(cs, mkconnect("sub"))
+        b.subscribe(cs.session, 1, [("t", 0)])
+        cs._out = ()                      # forget the CONNACK and SUBACK: not what is tested
+        cs._out_bytes = 0
+        rp.push(m.publish("t", b"x") + m.pingreq())
+        await ts
+        rp.push(m.pingreq() + m.disconnect())
+        await tp
+    run(main())
+    assert ws.closed and b.counters["memory_errors"] == 1
+    assert [p["type"] for p in wp.packets()] == ["connack", "pingresp", "pingresp"]
+    assert b.counters["internal_errors"] == 0
+
+
+def test_socket_closed_when_the_last_flush_fails():
+    b = new_broker()
+    w = BrokenWriter(OSError(32))
+    reg = []
+
+    async def main():
+        c = Connection(b, FakeReader([m.connect("x") + m.disconnect()]), w, reg)
+        await c.run()
+    run(main())
+    assert w.closed and reg == []
+
+
+def test_server_closes_the_oldest_silent_socket_to_admit_a_client():
+    result = {}
+
+    async def main():
+        srv, task, port = await start_server(max_clients=2, sys_interval_s=0)
+        silent1 = await open_client(port)
+        await asyncio.sleep(0.05)
+        silent2 = await open_client(port)
+        await until(lambda: len(srv.conns) == 2)
+        good = await open_client(port)
+        await good.send(m.connect("good"))
+        result["good"] = await good.recv()
+        result["silent1"] = await silent1.recv(timeout=2)   # None: closed
+        await silent2.send(m.connect("late"))
+        result["silent2"] = await silent2.recv(timeout=2)   # still admitted
+        result["counters"] = dict(srv.broker.counters)
+        for c in (silent1, silent2, good):
+            await c.close()
+        await until(lambda: len(srv.conns) == 0)
+        await stop_server(srv, task)
+    run(main())
+    assert result["good"]["type"] == "connack" and result["good"]["rc"] == 0
+    assert result["silent1"] is None
+    assert result["silent2"]["type"] == "connack"
+    assert result["counters"]["preconnect_closed"] == 1 and result["counters"]["clients_refused"] == 0
+
+
+def test_server_heap_low_refuses_new_sessions_not_sockets():
+    # a socket is how a client with a session comes back: the reserve is
+    # applied at CONNECT, to new sessions only
+    result = {}
+
+    async def main():
+        srv, task, port = await start_server(sys_interval_s=0)
+        c = await open_client(port)
+        await c.send(m.connect("kept", clean=False) + m.disconnect())
+        await c.recv(timeout=2)
+        await c.close()
+        srv.broker.heap.reserve = 0   # keep the level set below (no measuring)
+        srv.broker.heap.level = 1
+        c = await open_client(port)
+        await c.send(m.connect("new"))
+        result["new"] = await c.recv(timeout=2)
+        await c.close()
+        c = await open_client(port)
+        await c.send(m.connect("kept", clean=False))
+        result["kept"] = await c.recv(timeout=2)
+        await c.close()
+        result["heap_refused"] = srv.broker.counters["heap_refused"]
+        await until(lambda: len(srv.conns) == 0)
+        await stop_server(srv, task)
+    run(main())
+    assert result["new"]["rc"] == 3
+    assert result["kept"]["rc"] == 0 and result["kept"]["session_present"] == 1
+    assert result["heap_refused"] == 1
+
+
+def test_server_accept_survives_a_memory_error():
+    import midge.server as server_mod
+    result = {}
+    real = server_mod.Connection
+    state = {"fail": 1}
+
+    def flaky(*args):
+        if state["fail"]:
+            state["fail"] -= 1
+            raise MemoryError()
+        return real(*args)
+
+    async def main():
+        srv, task, port = await start_server(sys_interval_s=0)
+        server_mod.Connection = flaky
+        try:
+            c = await open_client(port)
+            await c.send(m.connect("x"))
+            result["first"] = await c.recv(timeout=2)
+            await c.close()
+            c = await open_client(port)
+            await c.send(m.connect("y"))
+            result["second"] = await c.recv(timeout=2)
+            await c.close()
+        finally:
+            server_mod.Connection = real
+        result["memory_errors"] = srv.broker.counters["memory_errors"]
+        await until(lambda: len(srv.conns) == 0)
+        await stop_server(srv, task)
+    run(main())
+    assert result["first"] is None and result["second"]["rc"] == 0
+    assert result["memory_errors"] == 1
+
+
+def test_server_listen_failure_is_a_config_error_naming_the_key():
+    from midge.config import ConfigError
+
+    async def main():
+        srv = Server(load_config({"host": "192.0.2.1", "port": 1883, "sys_interval_s": 0}))
+        try:
+            await srv.run()
+        except ConfigError as e:
+            return str(e)
+        return None
+    msg = run(main())
+    assert msg is not None and "'host'" in msg and "192.0.2.1" in msg, msg
+
+
+class SizedWriter(FakeWriter):
+    """Records the size of every write."""
+
+    def __init__(self):
+        FakeWriter.__init__(self, block=True)
+        self.sizes = []
+
+    def write(self, b):
+        self.sizes.append(len(b))
+        FakeWriter.write(self, b)
+
+
+def test_output_written_in_bounded_pieces_and_views_owned_when_a_drain_starts():
+    # no write (and no copy) joins more than 4 KB unless one packet is larger:
+    # a fragmented device heap fails large blocks long before it is full
+    b = new_broker(max_outbound_bytes=100000)
+    w = SizedWriter()
+    src = bytearray(m.publish("t", b"a" * 990) * 10)
+    mv = memoryview(src)
+    step = len(src) // 10
+    big = bytes(m.publish("big", b"B" * 6000))
+
+    async def main():
+        c = Connection(b, FakeReader([], eof=False), w)
+        b.flush_hold = True
+        for i in range(10):
+            c.send(mv[i * step:(i + 1) * step])   # views, as the QoS 0 fast path queues
+        c.send(big)
+        b.flush_hold = False
+        c.flush()
+        for i in range(len(src)):               # the shared buffer is read into again
+            src[i] = 0
+        assert await until(lambda: w.release is not None)
+        w.block = False
+        w.release.set()
+        assert await until(lambda: c._drainer is None and not c._out)
+        c.close()
+    run(main())
+    assert max(w.sizes) <= len(big) and all(n <= 4096 for n in w.sizes if n != len(big))
+    assert len(w.sizes) >= 3
+    assert payloads(w.packets()) == [b"a" * 990] * 10 + [b"B" * 6000]
+
+
+def test_a_subscribe_cut_short_by_memory_error_sends_nothing_of_it():
+    # the MemoryError strikes while the second filter is matched against
+    # the retained store: no SUBACK was queued, so none of the retained
+    # messages the first filter found may go out either
+    b = new_broker()
+    b.publish(Message("r/1", b"kept", 0, True))
+    w = FakeWriter()
+    r = FakeReader([m.connect("c") + m.pingreq()], eof=False)
+    real = b.retained.match
+    calls = []
+
+    def flaky(levels, out):
+        calls.append(1)
+        if len(calls) == 2:
+            raise MemoryError()
+        real(levels, out)
+    b.retained.match = flaky
+
+    async def main():
+        c = Connection(b, r, w)
+        t = asyncio.create_task(c.run())
+        assert await until(lambda: c.session is not None and len(w.data) >= 6)
+        r.push(m.subscribe(7, [("r/#", 0), ("x/#", 0)]))
+        await t
+    run(main())
+    assert [p["type"] for p in w.packets()] == ["connack", "pingresp"]
+    assert w.closed and b.counters["memory_errors"] == 1
+
+
+class FailingReader(FakeReader):
+    """A read that fails with MemoryError once `fail` is set."""
+    fail = False
+
+    async def readinto(self, buf):
+        if self.chunks:
+            return await FakeReader.readinto(self, buf)
+        while not self.fail:
+            await asyncio.sleep(0.005)
+        raise MemoryError()
+
+
+def test_a_memory_error_while_handling_a_memory_error_still_detaches_and_closes():
+    # closing after a MemoryError allocates too (a flag set for the first
+    # time grows the object): when that fails as well, the session is
+    # still detached and the socket still closed
+    b = new_broker()
+    w = FakeWriter()
+    r = FailingReader([m.connect("c")], eof=False)
+    reg = []
+
+    async def main():
+        c = Connection(b, r, w, reg)
+        t = asyncio.create_task(c.run())
+        assert await until(lambda: c.session is not None and len(w.data) >= 4)
+
+        def no_heap():
+            raise MemoryError()
+        c._drop_output = no_heap
+        r.fail = True
+        await t
+    run(main())
+    assert w.closed and reg == [] and b.online == 0

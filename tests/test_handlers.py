@@ -334,6 +334,52 @@ def test_subscribe_malformed_closes():
     assert c.out == b""
 
 
+def test_subscribe_past_the_per_packet_cap_refused_unread():
+    # 350 short filters in one 2.1 KB packet: the first 16 are handled, the
+    # rest get 0x80 without any work (no subscription, no retained match)
+    b = make_broker(max_filters_per_packet=16, max_subscriptions=400, max_subscriptions_total=400)
+    b.publish(_retained("f/3"))
+    c = client(b)
+    feed(b, c, m.subscribe(9, [("f/%d" % i, 0) for i in range(350)]))
+    pk = c.take()
+    assert pk[0]["type"] == "suback" and pk[0]["codes"] == [0] * 16 + [0x80] * 334
+    assert b.subs.count == 16 and b.counters["subscriptions_refused"] == 334
+    assert payloads(pk[1:]) == [b"r"]
+
+
+def test_subscribe_over_long_filter_refused_without_decoding():
+    b = make_broker()
+    c = client(b)
+    feed(b, c, m.subscribe(2, [("/" * 4080, 0), ("x" * 200, 1), ("ok", 1)]))
+    assert c.take()[0]["codes"] == [0x80, 0x80, 1]
+    assert b.counters["topic_limit"] == 2 and b.subs.count == 1
+
+
+def test_subscribe_malformed_filter_anywhere_changes_nothing():
+    # the whole packet is checked before any filter is applied
+    b = make_broker()
+    c = client(b)
+    assert feed_err(b, c, m.subscribe(1, [("a", 0), ("b", 1), (b"\xff", 0)])) is not None
+    assert feed_err(b, c, m.subscribe(1, [("a", 0), ("b", 7)])) is not None
+    assert b.subs.count == 0 and c.session.subs == {} and c.out == b""
+
+
+def test_unsubscribe_many_filters():
+    b = make_broker()
+    c = client(b)
+    subscribe(b, c, "keep", 0)
+    subscribe(b, c, "f/7", 0, pid=2)
+    feed(b, c, m.unsubscribe(3, ["f/%d" % i for i in range(500)]))
+    pk = c.take()
+    assert pk[0]["type"] == "unsuback" and pk[0]["pid"] == 3
+    assert c.session.subs == {"keep": 0} and b.subs.count == 1
+
+
+def _retained(topic):
+    from midge.message import Message
+    return Message(topic, b"r", 0, True)
+
+
 def test_pingreq():
     b = make_broker()
     c = client(b)

@@ -88,18 +88,35 @@ def test_has_pending_and_clear():
     assert s.has_pending()
     s.queue = []
     assert not s.has_pending()
-    s.backlog = [(m1, 1), (m1, 0)]
-    s.backlog_pos = 1
+    s.backlog = {"a": (m1, 1)}
     assert s.has_pending()
-    s.backlog_pos = 2
+    s.backlog = {}
     assert not s.has_pending()
     _inflight(s, 5)
+    assert not s.has_pending() and s.holds_messages()
+    s.resend = 1
+    assert s.has_pending()
     s.add_in_qos2(9)
     s.add_queued((m1, 1))
     s.clear_delivery_state()
     assert len(s.inflight) == 0 and len(s.queue) == 0 and s.queued_bytes == 0
-    assert len(s.backlog) == 0 and s.backlog_pos == 0 and len(s.in_qos2) == 0
-    assert not s.has_pending()
+    assert s.backlog is None and s.resend == 0 and len(s.in_qos2) == 0
+    assert not s.has_pending() and not s.holds_messages()
+
+
+def test_resend_count_follows_acknowledged_entries():
+    # the last `resend` inflight entries wait to be sent again; an entry
+    # acknowledged before its resend needs none, one already resent keeps
+    # the count
+    s = Session("c", False, 0)
+    for pid in (1, 2, 3, 4):
+        _inflight(s, pid)
+    s.resend = 2            # 1 and 2 were resent already, 3 and 4 wait
+    s.drop_inflight(s.find_inflight(1))
+    assert s.resend == 2
+    s.drop_inflight(s.find_inflight(4))
+    assert s.resend == 1 and [e[PID] for e in s.inflight] == [2, 3]
+    assert s.inflight[len(s.inflight) - s.resend][PID] == 3
 
 
 def test_containers_start_shared_and_return_to_empty():

@@ -110,6 +110,7 @@ def _oserror(e, what):
 
 
 _F = lfs_api.LFSFileFlag
+_LFS_TYPE_DIR = 2  # lfs.h: LFS_TYPE_DIR, the type in lfs_info (LFSStat.type)
 _MODE_FLAGS = {
     "r": _F.rdonly,
     "w": _F.wronly | _F.creat | _F.trunc,
@@ -231,7 +232,25 @@ class LfsFS:
         flush() does here, and what MicroPython's flush() does on a board)."""
         f.flush()
 
+    def scan(self, path):
+        """Yield the names in directory `path` one at a time (as OSFS.scan:
+        MicroPython's os.ilistdir on a board); the directory must not be
+        changed until the iteration ends."""
+        try:
+            for st in self.lfs.scandir(path):
+                yield st.name
+        except LittleFSError as e:
+            raise _oserror(e, "scan %r" % path) from e
+
+    def isdir(self, path):
+        """True if path is a directory."""
+        try:
+            return self.lfs.stat(path).type == _LFS_TYPE_DIR
+        except LittleFSError:
+            return False
+
     def listdir(self, path):
+        """Every name at once (for tests and checks; the store uses scan)."""
         return self.lfs.listdir(path)
 
     def read_file(self, path):

@@ -1,105 +1,29 @@
 # Command line, the same on both interpreters:
 #   micropython -m midge [--host H] [--port P] [--config FILE] [--board NAME] [--log-level L]
 #   python3 -m midge ...
-# Exit status 2 for a bad argument or config value (the message names it).
+# Exit status 2 for a bad argument or config value (the message names it),
+# 1 for a store this midge cannot read. Start-up's code (cli.py, config.py)
+# is dropped before the broker runs: on a board it is heap.
 import sys
 
-from . import log
-from .config import ConfigError, load_config, read_json
-
-USAGE = """usage: midge [--host HOST] [--port PORT] [--config FILE.json] [--board NAME] [--store DIR] [--log-level LEVEL]
-  --host HOST        address to listen on (default 127.0.0.1)
-  --port PORT        TCP port (default 1883)
-  --config FILE      JSON object of config keys (see README, configuration reference)
-  --board NAME       apply boards/NAME/board.json budgets before --config
-  --store DIR        keep retained messages and persistent sessions in DIR (store_dir)
-  --log-level LEVEL  debug, info, warning, error or off"""
-
-
-def _boards_dirs():
-    """Where --board looks: ./boards, then a boards/ folder next to the
-    package's parent folders (lib/ in the repo, build/mpy/ for the bundle)."""
-    dirs = ["boards"]
-    parts = __file__.replace("\\", "/").split("/")[:-2]  # drop midge/__main__.py
-    for up in range(3):
-        if len(parts) > up:
-            dirs.append("/".join(parts[:len(parts) - up] + ["boards"]) or "/boards")
-    return dirs
-
-
-def load_board(name):
-    for d in _boards_dirs():
-        path = d + "/" + name + "/board.json"
-        try:
-            open(path).close()
-        except OSError:
-            continue
-        data = read_json(path)
-        cfg = data.get("config", {})
-        if not isinstance(cfg, dict):
-            raise ConfigError("board %s: 'config' must be an object" % name)
-        return cfg
-    raise ConfigError("unknown board '%s' (looked in %s)" % (name, ", ".join(_boards_dirs())))
-
-
-def parse_args(argv):
-    """argv -> (cli overrides dict, board name or None, config path or None)."""
-    cli = {}
-    board = None
-    config_path = None
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        if a in ("-h", "--help"):
-            print(USAGE)
-            sys.exit(0)
-        if i + 1 >= len(argv):
-            raise ConfigError("option %s needs a value" % a)
-        v = argv[i + 1]
-        if a == "--host":
-            cli["host"] = v
-        elif a == "--port":
-            try:
-                cli["port"] = int(v)
-            except ValueError:
-                raise ConfigError("--port: %r is not an integer (allowed 0..65535)" % v)
-        elif a == "--config":
-            config_path = v
-        elif a == "--board":
-            board = v
-        elif a == "--store":
-            cli["store_dir"] = v
-        elif a == "--log-level":
-            cli["log_level"] = v
-        else:
-            raise ConfigError("unknown option %s" % a)
-        i += 2
-    return cli, board, config_path
+from .compat import unload
+from .errors import ConfigError
 
 
 def main(argv):
-    try:
-        cli, board, config_path = parse_args(argv)
-        board_cfg = load_board(board) if board else None
-        file_cfg = read_json(config_path) if config_path else None
-        cfg = load_config(board_cfg, file_cfg, cli)
-    except ConfigError as e:
-        sys.stderr.write("midge: %s\n" % e)
-        sys.exit(2)
-    log.set_level(cfg["log_level"])
-    if board:
-        log.info("board %s", board)
-    log.info("caps: " + ", ".join("%s=%s" % (k, cfg[k]) for k in sorted(cfg) if k.startswith("max_")))
-    if cfg["store_dir"]:
-        log.info("store: %s (max %d bytes, sync within %d ms)", cfg["store_dir"],
-                 cfg["store_max_bytes"], cfg["store_sync_ms"])
-    else:
-        log.info("state is kept in memory only (no store configured)")
-    from . import serve
+    from . import cli
+    cfg = cli.configure(argv)  # exits 2 on a bad argument, value or path
+    cli = None
+    unload("midge.cli")
+    unload("midge.config")
+    from . import log, serve
     try:
         serve(cfg)
     except KeyboardInterrupt:
         log.info("stopped")
+    except ConfigError as e:  # e.g. Server.run: cannot listen on host:port
+        sys.stderr.write("midge: %s\n" % e)
+        sys.exit(2)
     except Exception as e:  # e.g. StoreError: a store this midge cannot read
         from .store import StoreError
         if not isinstance(e, StoreError):

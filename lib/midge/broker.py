@@ -2,7 +2,9 @@
 # and the periodic tick. No sockets and no asyncio: it talks to connections
 # only through this small interface, which tests implement with a fake:
 #
-#   conn.send(data)      queue bytes for the client (never blocks)
+#   conn.send(data)      queue bytes for the client (never blocks, never
+#                        raises: past max_unsent or on MemoryError the
+#                        connection closes itself)
 #   conn.room()          bytes that may still be queued before the
 #                        max_outbound_bytes cap (<= 0: congested)
 #   conn.close()         ask the connection to close (takeover, keepalive);
@@ -13,6 +15,13 @@
 #
 # Time comes from the injected clock (ticks_ms by default) so tests can
 # drive keepalive and $SYS deterministically, wrap-around included.
+#
+# Heap contract (README, "Heap contract"): every structure here that a
+# client can grow is capped; self.heap (heap.HeapGuard) says when free heap
+# is under heap_reserve_bytes, and the broker then refuses and drops in the
+# documented steps. A MemoryError raised while delivering to one session is
+# that session's: the message is dropped for it (and its connection, if
+# any, closed), never the publisher's connection.
 from . import codec, log
 from .compat import const, ticks_ms, ticks_diff
 from .message import Message
@@ -20,6 +29,7 @@ from .protocol import (
     CONNACK_ACCEPTED, CONNACK_ID_REJECTED, CONNACK_UNAVAILABLE, CONNACK_NOT_AUTHORIZED,
     SUBACK_FAILURE, ProtocolError, RC_TOPIC_NAME_INVALID,
 )
+from .heap import HeapGuard, CRITICAL
 from .retained import Retained
 from .session import Session, PID, MSG, QOS, RETAIN, STATE, AWAIT_ACK, AWAIT_COMP
 from .subscriptions import Subscriptions
@@ -29,6 +39,8 @@ from . import sys_topics  # imported up front: compiling it later needs heap a f
 VERSION = "0.1.0"
 
 _PRESSURE_MAX_MS = const(5000)  # longest one session's full queue slows others
+_RELIEF_BATCH = const(8)        # queued messages dropped per heap check while CRITICAL
+_ROOM_MAX = const(64)           # queued messages make_room() drops at most
 
 # $SYS counters, all published under $SYS/broker/counters/<name>.
 COUNTERS = (
@@ -36,7 +48,8 @@ COUNTERS = (
     "oversize_packets", "sessions_evicted", "sessions_refused", "queue_dropped",
     "slow_dropped", "slow_disconnects", "retained_refused", "subscriptions_refused",
     "topic_limit", "sys_publish_dropped", "inflight_in_exceeded", "internal_errors",
-    "sessions_expired", "store_evicted",
+    "sessions_expired", "store_evicted", "output_overflows", "preconnect_closed",
+    "memory_errors", "heap_low", "heap_refused", "heap_dropped",
 )
 
 
@@ -81,6 +94,12 @@ class Broker:
         self.pressured = {}
         self.max_outbound = cfg["max_outbound_bytes"]
         self.max_packet = cfg["max_packet_size"]
+        # nothing may wait for one connection past this (Connection.send):
+        # deliveries stop at max_outbound and are at most one packet each
+        self.max_unsent = self.max_outbound + self.max_packet + cfg["max_reply_bytes"]
+        self.heap = HeapGuard(cfg["heap_reserve_bytes"], cfg["max_packet_size"], self.count)
+        self.heap.on_critical = self.relieve_heap
+        self._serial = 0            # creation order of sessions (Session.serial)
         # Output plumbing shared with the connection layer (connection.py):
         # connections with queued output, whether a read loop is handling a
         # chunk (it flushes at the end), whether a flush task is scheduled.
@@ -90,6 +109,18 @@ class Broker:
 
     def count(self, name):
         self.counters[name] += 1
+
+    def memory_error(self, what):
+        """A MemoryError was caught (and its connection, if any, closed by
+        the caller): count it, re-measure the heap with a collection, and
+        have the store rewritten from memory at the next commit, since a
+        record may be missing for a change that was made."""
+        self.counters["memory_errors"] += 1
+        log.warning("%s", what)
+        st = self.store
+        if st is not None:
+            st.mark_resync()
+        self.heap.check(self.clock(), True)
 
     def store_for(self, s):
         """The store, if this session's state is persisted (clean 0)."""
@@ -193,11 +224,18 @@ class Broker:
             s = None
         present = s is not None
         if s is None:
-            if len(self.sessions) >= self.cfg["max_sessions"] and not self._evict_one():
+            if self.heap.level:
+                self.count("heap_refused")
+                log.info("client %s refused: free heap under heap_reserve_bytes", cid)
+                conn.send(codec.connack(False, CONNACK_UNAVAILABLE))
+                return False
+            if len(self.sessions) >= self.cfg["max_sessions"] and not self._evict_one(c.clean):
                 self.count("sessions_refused")
                 conn.send(codec.connack(False, CONNACK_UNAVAILABLE))
                 return False
             s = Session(cid, c.clean, now)
+            self._serial += 1
+            s.serial = self._serial
             self.sessions[cid] = s
             st = self.store_for(s)
             if st is not None:
@@ -268,16 +306,35 @@ class Broker:
         for filt in s.subs:
             self.subs.remove(topics.split(filt), s)
         s.subs = {}
-        s.clear_delivery_state()
+        s.will = None
+        s.clear_delivery_state()  # (a dropped session may stay reachable for a while
+        # from a deleted dict slot: MicroPython keeps the value; it holds nothing)
         if self.sessions.get(s.client_id) is s:
             del self.sessions[s.client_id]
 
-    def _evict_one(self):
-        """max_sessions: drop the least recently seen offline session."""
-        victim = None
+    def _evict_one(self, for_clean):
+        """max_sessions is reached and a CONNECT needs a new session: make
+        room, fairly. Online sessions are never evicted. First choice: the
+        least recently seen offline session that holds nothing (no queued,
+        in-flight or inbound QoS 2 state): evicting it destroys nothing
+        anyone was promised. Else, only for a persistent (clean session 0)
+        newcomer, the most recently CREATED offline session that holds
+        messages: established sessions outlast newcomers, so throw-away
+        clients churn each other, not a long-standing session's
+        acknowledged messages. A clean-session newcomer never evicts a
+        session that holds messages (it is refused: sessions_refused).
+        True if a session was dropped."""
+        idle = None
+        held = None
         for s in self.sessions.values():
-            if s.conn is None and (victim is None or s.last_seen_ms < victim.last_seen_ms):
-                victim = s
+            if s.conn is not None:
+                continue
+            if not s.holds_messages():
+                if idle is None or s.last_seen_ms < idle.last_seen_ms:
+                    idle = s
+            elif held is None or _newer(s, held):
+                held = s
+        victim = idle if idle is not None else None if for_clean else held
         if victim is None:
             return False
         self.count("sessions_evicted")
@@ -308,7 +365,10 @@ class Broker:
         if route is None or msg.retain:
             levels = topics.split(msg.topic)
         if msg.retain:
-            if not self.retained.set(levels, msg, exempt):
+            if (self.heap.level >= CRITICAL and not exempt and msg.payload
+                    and self.retained.get(levels) is None):
+                self.count("heap_refused")  # a new retained topic, heap short
+            elif not self.retained.set(levels, msg, exempt):
                 self.count("retained_refused")
             elif not exempt and self.store is not None:
                 self.store.retain(msg.topic, msg.qos, msg.payload)
@@ -320,7 +380,16 @@ class Broker:
         mq = msg.qos
         for s in route:
             q = route[s]
-            self.deliver(s, msg, q if q < mq else mq)
+            try:
+                self.deliver(s, msg, q if q < mq else mq)
+            except MemoryError:
+                # this subscriber's queue or output needed the heap: the
+                # message is lost for it, not the publisher's connection
+                conn = s.conn
+                if conn is not None:
+                    conn.close()
+                self.memory_error("out of memory delivering to client %s: message dropped for it"
+                                  % s.client_id)
 
     def forward_qos0(self, conn, buf, pos, start, end):
         """Fast path for a PUBLISH with fixed header 0x30 (QoS 0, retain 0)
@@ -342,12 +411,14 @@ class Broker:
             return False
         self.msgs_in += 1
         frame = None
+        # heap short: QoS 0 goes only to subscribers that have nothing unsent
+        slack = self.max_outbound - 1 if self.heap.level else 0
         for s in route:
             c = s.conn
             if c is None:
                 continue  # QoS 0 is not queued for offline sessions
-            if c.room() <= 0:
-                self.counters["slow_dropped"] += 1
+            if c.room() <= slack:
+                self._drop_qos0(c)
                 continue
             if frame is None:
                 # a view, not a copy: the connection layer writes or copies
@@ -364,13 +435,13 @@ class Broker:
         if qos == 0:
             if conn is None:
                 return  # QoS 0 is not queued for offline sessions
-            if conn.room() <= 0:
-                self.counters["slow_dropped"] += 1
+            if conn.room() <= (self.max_outbound - 1 if self.heap.level else 0):
+                self._drop_qos0(conn)
                 return
-            conn.send(msg.frame_qos0())
+            _send_publish(conn, msg.head0(), msg)
             self.msgs_out += 1
             return
-        if (conn is not None and not s.queue and len(s.inflight) < self.max_inflight
+        if (conn is not None and not s.queue and not s.resend and len(s.inflight) < self.max_inflight
                 and conn.room() > 0):
             pid = self._send_new(s, msg, qos, False)
             st = self.store_for(s)
@@ -379,44 +450,132 @@ class Broker:
         else:
             self._enqueue(s, msg, qos)
 
+    def _drop_qos0(self, conn):
+        """A QoS 0 message not sent to a congested subscriber: over
+        max_outbound_bytes (slow_dropped), or with any output unsent while
+        the heap is short (heap_dropped)."""
+        if conn.room() <= 0:
+            self.counters["slow_dropped"] += 1
+        else:
+            self.counters["heap_dropped"] += 1
+
     def _send_new(self, s, msg, qos, retain):
         pid = s.next_pid()
+        head = self.head(msg, qos, retain, False, pid)  # before any state changes
         s.add_inflight([pid, msg, qos, retain, AWAIT_ACK])
-        conn = s.conn
-        conn.send(msg.packet(qos, retain, False, pid))
+        _send_publish(s.conn, head, msg)
         self.msgs_out += 1
         return pid
 
+    def head(self, msg, qos, retain, dup, pid):
+        """msg.head(...), one new small buffer; if the heap has no block
+        for it, make_room() and try once more (a second MemoryError is the
+        caller's)."""
+        try:
+            return msg.head(qos, retain, dup, pid)
+        except MemoryError:
+            if not self.make_room():
+                raise
+            return msg.head(qos, retain, dup, pid)
+
+    def make_room(self):
+        """A MemoryError struck allocating something that cannot wait (a
+        client's PUBLISH, a packet to send, a write): a fragmented heap can
+        fail a block of one packet with far more free. Give heap back by
+        dropping the oldest queued messages of the largest queues (oldest
+        payloads lie together: dropping a few frees a block), counted as
+        heap_dropped, until a packet fits again or _ROOM_MAX are gone; the
+        caller then tries once more. True if anything was dropped."""
+        heap = self.heap
+        dropped = 0
+        while dropped < _ROOM_MAX and self._shed_queued():
+            dropped += 1
+            if dropped % _RELIEF_BATCH == 0 and heap.fits():
+                break
+        if dropped:
+            log.warning("heap: a block of one packet could not be allocated; "
+                        "%d queued messages dropped", dropped)
+            heap.fits()  # collects
+        return dropped > 0
+
     def _enqueue(self, s, msg, qos):
         """Queue a message for a session. Caps, all drop-oldest (counter
-        queue_dropped): per session max_queued_messages/max_queued_bytes;
-        over all sessions max_queued_total/max_queued_bytes_total, where
-        the oldest message of THIS session makes room, and the new message
-        is dropped if this session has nothing queued."""
+        queue_dropped): per session max_queued_messages/max_queued_bytes,
+        where this session's oldest message makes room; over all sessions
+        max_queued_total/max_queued_bytes_total, where the oldest message
+        of the session holding the MOST (count, or bytes for the byte cap)
+        makes room, so sessions that hoard the shared budget pay for it,
+        not one that holds a few. Heap under half heap_reserve_bytes:
+        nothing new is queued (heap_dropped)."""
         size = msg.size()
-        if size > self.max_queued_bytes or self.max_queued == 0:
+        if size > self.max_queued_bytes or self.max_queued == 0 or size > self.max_queued_bytes_total:
             self.count("queue_dropped")
             return
-        st = self.store_for(s)
-        while s.queue and (len(s.queue) >= self.max_queued or s.queued_bytes + size > self.max_queued_bytes
-                     or self.queued_total >= self.max_queued_total
-                     or self.queued_bytes_total + size > self.max_queued_bytes_total):
-            self.dequeue(s)
-            self.count("queue_dropped")
-            if st is not None:
-                st.drop(s)
-        if (self.queued_total >= self.max_queued_total
-                or self.queued_bytes_total + size > self.max_queued_bytes_total):
-            self.count("queue_dropped")
+        if self.heap.level >= CRITICAL:
+            self.count("heap_dropped")
             return
+        while s.queue and (len(s.queue) >= self.max_queued or s.queued_bytes + size > self.max_queued_bytes):
+            self._drop_oldest(s)
+        while (self.queued_total >= self.max_queued_total
+               or self.queued_bytes_total + size > self.max_queued_bytes_total):
+            victim = self._largest_queue(s, self.queued_total >= self.max_queued_total)
+            if victim is None:
+                self.count("queue_dropped")  # the total cap is 0
+                return
+            self._drop_oldest(victim)
         s.add_queued((msg, qos))
         s.queued_bytes += size
         self.queued_total += 1
         self.queued_bytes_total += size
+        st = self.store_for(s)
         if st is not None:
             st.queue(s, msg, qos)
         if s.conn is not None and s not in self.pressured and self._over_half(s):
             self.pressured[s] = self.uptime_ms
+
+    def _drop_oldest(self, s):
+        self.dequeue(s)
+        self.count("queue_dropped")
+        st = self.store_for(s)
+        if st is not None:
+            st.drop(s)
+
+    def relieve_heap(self):
+        """The heap is CRITICAL (heap.HeapGuard): give heap back by dropping
+        the oldest queued messages of the largest queues, at most
+        _RELIEF_BATCH per check, as a queue cap would (heap_dropped).
+        Queued messages are what a client can make the broker hold in bulk;
+        whoever holds the most pays first."""
+        for _ in range(_RELIEF_BATCH):
+            if not self._shed_queued():
+                return
+
+    def _shed_queued(self):
+        """Drop the oldest queued message of the largest queue, for the
+        heap (heap_dropped). False if nothing is queued."""
+        victim = self._largest_queue(None, False)
+        if victim is None:
+            return False
+        self.dequeue(victim)
+        self.counters["heap_dropped"] += 1
+        st = self.store_for(victim)
+        if st is not None:
+            st.drop(victim)
+        return True
+
+    def _largest_queue(self, own, by_count):
+        """The session holding the most queued messages (by_count) or
+        bytes, `own` (the receiving session, or None) when it ties for the
+        most, or None if nothing is queued. A scan of the sessions, done
+        only when an all-session cap is hit or the heap is critical."""
+        best = own
+        most = 0 if own is None else len(own.queue) if by_count else own.queued_bytes
+        for s in self.sessions.values():
+            n = len(s.queue) if by_count else s.queued_bytes
+            if n > most:
+                best = s
+                most = n
+        return best if most else None
 
     def dequeue(self, s):
         """Oldest queued (msg, qos) of a session, keeping the totals."""
@@ -454,24 +613,34 @@ class Broker:
         conn = s.conn
         if conn is None:
             return
+        inf = s.inflight
+        while s.resend and conn.room() > 0:
+            e = inf[len(inf) - s.resend]
+            s.resend -= 1
+            if e[STATE] == AWAIT_ACK:
+                _send_publish(conn, self.head(e[MSG], e[QOS], e[RETAIN], True, e[PID]), e[MSG])  # DUP [MQTT-3.3.1-1]
+                self.msgs_out += 1
+            else:
+                conn.send(codec.pubrel(e[PID]))
+        if s.resend:
+            return  # in order [MQTT-4.4.0-1]: nothing new before the resends
         bl = s.backlog
-        while s.backlog_pos < len(bl) and conn.room() > 0:
-            msg, qos = bl[s.backlog_pos]
+        while bl and conn.room() > 0:
+            topic, entry = bl.popitem()
+            msg, qos = entry
             if qos and len(s.inflight) >= self.max_inflight:
+                bl[topic] = entry  # window full: back until a PUBACK
                 break
-            bl[s.backlog_pos] = None  # release the reference
-            s.backlog_pos += 1
             if qos:
                 pid = self._send_new(s, msg, qos, True)
                 st = self.store_for(s)
                 if st is not None:
                     st.inflight(s, msg, pid, qos, True)
             else:
-                conn.send(msg.packet(0, True, False, 0))
+                _send_publish(conn, self.head(msg, 0, True, False, 0), msg)
                 self.msgs_out += 1
-        if s.backlog_pos >= len(bl) and bl:
-            s.backlog = ()
-            s.backlog_pos = 0
+        if bl is not None and not bl:
+            s.backlog = None
         q = s.queue
         st = self.store_for(s)
         while q and len(s.inflight) < self.max_inflight and conn.room() > 0:
@@ -485,15 +654,10 @@ class Broker:
     def _resend(self, s):
         """Reconnect of a persistent session: unacknowledged PUBLISH again
         with DUP [MQTT-3.3.1-1], PUBREL again for those awaiting PUBCOMP, in
-        the original order [MQTT-4.4.0-1], then whatever is queued."""
-        conn = s.conn
-        for e in s.inflight:
-            if e[STATE] == AWAIT_ACK:
-                msg = e[MSG]
-                conn.send(msg.packet(e[QOS], e[RETAIN], True, e[PID]))
-                self.msgs_out += 1
-            else:
-                conn.send(codec.pubrel(e[PID]))
+        the original order [MQTT-4.4.0-1], then whatever is queued. pump()
+        sends them as the connection's output has room (up to max_inflight
+        packets of max_packet_size each would otherwise go at once)."""
+        s.resend = len(s.inflight)
         self.pump(s)
 
     # --- acknowledgements from the client ------------------------------------
@@ -510,6 +674,8 @@ class Broker:
     def pubrec(self, s, pid):
         e = s.find_inflight(pid)
         if e is not None and e[QOS] == 2 and e[STATE] == AWAIT_ACK:
+            # (if still waiting for its resend, it is now resent as a PUBREL:
+            # one more, which the client answers with PUBCOMP again)
             e[STATE] = AWAIT_COMP
             e[MSG] = None  # the message itself is no longer needed [MQTT-4.3.3-1]
             st = self.store_for(s)
@@ -528,57 +694,103 @@ class Broker:
 
     # --- subscriptions ---------------------------------------------------------------
 
-    def subscribe(self, s, pid, requests):
+    def subscribe(self, s, pid, requests, extra=0):
         """SUBSCRIBE: per-filter return codes in order [MQTT-3.8.4-5], SUBACK
         [MQTT-3.8.4-1], then retained messages for each accepted filter
-        [MQTT-3.8.4-3]."""
-        codes = []
-        retained = []
-        cfg = self.cfg
+        [MQTT-3.8.4-3]. requests: [(filter str, or None for one longer than
+        max_topic_length, requested qos)]; extra: filters past
+        max_filters_per_packet, refused unread. Bounded work: a filter is
+        checked for length and depth before it is split, a filter repeated
+        in the packet is one subscription, and the retained messages go to
+        the session's backlog, which holds each topic once (_backlog_add)."""
+        codes = bytearray(len(requests) + extra)
+        i = 0
         for filt, qos in requests:
-            levels = topics.filter_levels(filt)
-            if levels is None:
-                codes.append(SUBACK_FAILURE)
-                continue
-            if not topics.within_limits(filt, levels, cfg["max_topic_length"], cfg["max_topic_levels"]):
-                self.count("topic_limit")
-                codes.append(SUBACK_FAILURE)
-                continue
-            if filt not in s.subs and (len(s.subs) >= cfg["max_subscriptions"]
-                                       or self.subs.count >= cfg["max_subscriptions_total"]):
-                self.count("subscriptions_refused")
-                codes.append(SUBACK_FAILURE)
-                continue
-            s.subs[filt] = qos
-            self.subs.add(levels, s, qos)
-            st = self.store_for(s)
-            if st is not None:
-                st.sub(s, filt, qos)
-            codes.append(qos)
-            found = []
-            self.retained.match(levels, found)
-            for msg in found:
-                retained.append((msg, qos if qos < msg.qos else msg.qos))
+            codes[i] = self._subscribe_filter(s, filt, qos)
+            i += 1
+        for k in range(extra):
+            self.count("subscriptions_refused")
+            codes[i + k] = SUBACK_FAILURE
         s.conn.send(codec.suback(pid, codes))
-        if retained:
-            if s.backlog_pos < len(s.backlog):
-                s.backlog.extend(retained)
-            else:
-                s.backlog = retained
-                s.backlog_pos = 0
+        if s.backlog:
             self.pump(s)
+
+    def _subscribe_filter(self, s, filt, qos):
+        """One filter of a SUBSCRIBE: its return code."""
+        if filt is None or len(filt) > self.max_topic_length or filt.count("/") >= self.max_topic_levels:
+            self.count("topic_limit")
+            return SUBACK_FAILURE
+        levels = topics.filter_levels(filt)
+        if levels is None:
+            return SUBACK_FAILURE
+        if not topics.within_limits(filt, levels, self.max_topic_length, self.max_topic_levels):
+            self.count("topic_limit")  # characters fit, UTF-8 bytes do not
+            return SUBACK_FAILURE
+        new = filt not in s.subs
+        if new:
+            cfg = self.cfg
+            if len(s.subs) >= cfg["max_subscriptions"] or self.subs.count >= cfg["max_subscriptions_total"]:
+                self.count("subscriptions_refused")
+                return SUBACK_FAILURE
+            if self.heap.level >= CRITICAL:
+                self.count("heap_refused")
+                return SUBACK_FAILURE
+        self.subs.add(levels, s, qos)
+        s.subs[filt] = qos
+        st = self.store_for(s)
+        if st is not None:
+            st.sub(s, filt, qos)
+        found = []
+        self.retained.match(levels, found)
+        for msg in found:
+            self._backlog_add(s, msg, qos if qos < msg.qos else msg.qos)
+        return qos
+
+    def _backlog_cap(self):
+        """Topics one session's retained backlog may hold: every retained
+        topic the caps allow, plus the broker's own $SYS set."""
+        r = self.retained
+        return r.max_messages + (r.total - r.count)
+
+    def _backlog_add(self, s, msg, qos):
+        """Queue a retained message for a new subscription, at most once
+        per topic (the newest message and the highest QoS win), at most
+        _backlog_cap() topics (past it: slow_dropped; the client is not
+        reading what it asked for). Heap under half the reserve: not
+        queued (heap_dropped)."""
+        bl = s.backlog
+        if bl is None:
+            bl = s.backlog = {}
+        old = bl.get(msg.topic)
+        if old is None:
+            if self.heap.level >= CRITICAL:
+                self.counters["heap_dropped"] += 1
+                return
+            if len(bl) >= self._backlog_cap():
+                self.counters["slow_dropped"] += 1
+                return
+        elif old[0] is msg and old[1] >= qos:
+            return
+        elif old[1] > qos:
+            qos = old[1]
+        bl[msg.topic] = (msg, qos)
 
     def unsubscribe(self, s, pid, filters):
         for filt in filters:
-            if filt in s.subs:
-                del s.subs[filt]
-                levels = topics.filter_levels(filt)
-                if levels is not None:
-                    self.subs.remove(levels, s)
-                st = self.store_for(s)
-                if st is not None:
-                    st.unsub(s, filt)
+            self.unsubscribe_filter(s, filt)
         s.conn.send(codec.unsuback(pid))  # [MQTT-3.10.4-4]
+
+    def unsubscribe_filter(self, s, filt):
+        """Remove one subscription if the session has it (no work, no
+        allocation, for a filter it does not have)."""
+        if filt in s.subs:
+            del s.subs[filt]
+            levels = topics.filter_levels(filt)
+            if levels is not None:
+                self.subs.remove(levels, s)
+            st = self.store_for(s)
+            if st is not None:
+                st.unsub(s, filt)
 
     # --- time --------------------------------------------------------------------------
 
@@ -611,6 +823,22 @@ class Broker:
 
     def uptime_s(self):
         return self.now_ms() // 1000
+
+
+def _send_publish(conn, head, msg):
+    """A PUBLISH as two parts: its head and the message's own payload (a
+    reference, never a copy)."""
+    conn.send(head)
+    if msg.payload:
+        conn.send(msg.payload)
+
+
+def _newer(a, b):
+    """Session a was created after session b (serial; sid orders sessions
+    loaded from the store, which all have serial 0)."""
+    if a.serial != b.serial:
+        return a.serial > b.serial
+    return a.sid > b.sid
 
 
 

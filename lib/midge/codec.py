@@ -63,14 +63,18 @@ def encode_length(n):
 
 # --- strings -----------------------------------------------------------------
 
-def _utf8_strict(b):
-    """Raise unless b is well-formed UTF-8 without surrogates or overlong
-    forms [MQTT-1.5.3-1]. MicroPython's decoder accepts both, so check here."""
-    i = 0
-    n = len(b)
+def _utf8_strict(b, i=0, n=-1, nul_ok=True):
+    """Raise unless b[i:n] is well-formed UTF-8 without surrogates or
+    overlong forms [MQTT-1.5.3-1] (and, unless nul_ok, without U+0000
+    [MQTT-1.5.3-2]). MicroPython's decoder accepts both, so check here.
+    Allocates nothing."""
+    if n < 0:
+        n = len(b)
     while i < n:
         c = b[i]
         if c < 0x80:
+            if not c and not nul_ok:
+                raise ProtocolError("U+0000 in a UTF-8 string")
             i += 1
             continue
         if 0xC2 <= c <= 0xDF:
@@ -114,20 +118,45 @@ def decode_utf8(b):
     return s
 
 
-def _read_bytes(buf, pos, end):
-    """Two-byte length + data [MQTT-1.5.3]. Returns (bytes, next_pos)."""
+def _field_end(buf, pos, end):
+    """End of the two-byte length + data field at pos [MQTT-1.5.3],
+    checked to lie inside the packet; allocates nothing."""
     if pos + 2 > end:
         raise ProtocolError("truncated length field")
-    n = (buf[pos] << 8) | buf[pos + 1]
-    pos += 2
-    if pos + n > end:
+    k = pos + 2 + ((buf[pos] << 8) | buf[pos + 1])
+    if k > end:
         raise ProtocolError("string runs past the packet")
-    return bytes(buf[pos:pos + n]), pos + n
+    return k
+
+
+def _read_bytes(buf, pos, end):
+    """Two-byte length + data [MQTT-1.5.3]. Returns (bytes, next_pos)."""
+    k = _field_end(buf, pos, end)
+    return bytes(buf[pos + 2:k]), k
 
 
 def _read_str(buf, pos, end):
     b, pos = _read_bytes(buf, pos, end)
     return decode_utf8(b), pos
+
+
+def _skip_str(buf, pos, end):
+    """Validate the MQTT UTF-8 string at pos without allocating; returns
+    the position after it."""
+    k = _field_end(buf, pos, end)
+    _utf8_strict(buf, pos + 2, k, False)
+    return k
+
+
+def str_len(buf, pos):
+    """Byte length of the string at pos of a body already validated by
+    check_subscribe / check_unsubscribe (its bytes follow at pos + 2)."""
+    return (buf[pos] << 8) | buf[pos + 1]
+
+
+def str_at(buf, pos, n):
+    """The validated string of n bytes at buf[pos:pos + n] as str."""
+    return str(bytes(buf[pos:pos + n]), "utf-8")
 
 
 def _read_pid(buf, pos, end):
@@ -265,40 +294,38 @@ def decode_pid_only(flags, want_flags, buf, pos, end):
     return _read_pid(buf, pos, end)
 
 
-def decode_subscribe(flags, buf, pos, end):
-    """Returns (pid, [(filter, qos), ...])."""
+def check_subscribe(flags, buf, pos, end):
+    """Validate a whole SUBSCRIBE body without allocating anything (a
+    malformed one changes nothing: it is refused before any filter is
+    applied). Returns the packet id; the (filter, requested QoS byte) pairs
+    follow from pos + 2, read with str_len / str_at."""
     if flags != 0x02:
         raise ProtocolError("SUBSCRIBE flags not 0010")  # [MQTT-3.8.1-1]
     pid = _read_pid(buf, pos, end)
     pos += 2
-    subs = []
+    if pos >= end:
+        raise ProtocolError("SUBSCRIBE without filters", RC_PROTOCOL_ERROR)  # [MQTT-3.8.3-3]
     while pos < end:
-        filt, pos = _read_str(buf, pos, end)
+        pos = _skip_str(buf, pos, end)
         if pos >= end:
             raise ProtocolError("SUBSCRIBE filter without QoS byte")
-        q = buf[pos]
-        pos += 1
-        if q > 2:
+        if buf[pos] > 2:
             raise ProtocolError("SUBSCRIBE requested QoS byte invalid")  # [MQTT-3.8.3-4]
-        subs.append((filt, q))
-    if not subs:
-        raise ProtocolError("SUBSCRIBE without filters", RC_PROTOCOL_ERROR)  # [MQTT-3.8.3-3]
-    return pid, subs
+        pos += 1
+    return pid
 
 
-def decode_unsubscribe(flags, buf, pos, end):
-    """Returns (pid, [filter, ...])."""
+def check_unsubscribe(flags, buf, pos, end):
+    """As check_subscribe, for UNSUBSCRIBE (filters without a QoS byte)."""
     if flags != 0x02:
         raise ProtocolError("UNSUBSCRIBE flags not 0010")  # [MQTT-3.10.1-1]
     pid = _read_pid(buf, pos, end)
     pos += 2
-    filters = []
-    while pos < end:
-        filt, pos = _read_str(buf, pos, end)
-        filters.append(filt)
-    if not filters:
+    if pos >= end:
         raise ProtocolError("UNSUBSCRIBE without filters", RC_PROTOCOL_ERROR)  # [MQTT-3.10.3-2]
-    return pid, filters
+    while pos < end:
+        pos = _skip_str(buf, pos, end)
+    return pid
 
 
 def check_empty(flags, pos, end):
@@ -344,14 +371,16 @@ def unsuback(pid):
 PINGRESP = b"\xd0\x00"
 
 
-def publish_packet(topic_bytes, payload, qos, retain, dup, pid):
-    """A whole PUBLISH in ONE new bytearray (pid unused at QoS 0): the
-    delivery hot path, where head + pid + payload as separate pieces cost
-    several allocations per message."""
+def publish_head(topic_bytes, payload_len, qos, retain, dup, pid):
+    """The head of a PUBLISH (fixed header, topic, packet id; pid unused at
+    QoS 0) in ONE new bytearray: a delivery is this head and the message's
+    own payload object, sent as two parts, so no buffer the size of the
+    payload is built per delivery (a fragmented device heap fails those
+    first)."""
     n = len(topic_bytes)
-    rl = 2 + n + len(payload) + (2 if qos else 0)
+    rl = 2 + n + payload_len + (2 if qos else 0)
     k = 1 if rl < 0x80 else 2 if rl < 0x4000 else 3 if rl < 0x200000 else 4
-    p = bytearray(1 + k + rl)
+    p = bytearray(1 + k + 2 + n + (2 if qos else 0))
     p[0] = 0x30 | (qos << 1) | (1 if retain else 0) | (0x08 if dup else 0)
     i = 1
     while rl >= 0x80:
@@ -363,10 +392,7 @@ def publish_packet(topic_bytes, payload, qos, retain, dup, pid):
     p[i + 2] = n & 0xFF
     i += 3
     p[i:i + n] = topic_bytes
-    i += n
     if qos:
-        p[i] = pid >> 8
-        p[i + 1] = pid & 0xFF
-        i += 2
-    p[i:] = payload
+        p[i + n] = pid >> 8
+        p[i + n + 1] = pid & 0xFF
     return p

@@ -76,8 +76,9 @@ def peer_text(writer):
 
 
 def unsent(writer):
-    """Bytes a stream holds that the socket has not taken yet; -1 when the
-    stream cannot tell (then the caller drains to be sure)."""
+    """Bytes a stream holds that the socket has not taken yet (0 for
+    MicroPython's Stream, which write_some bypasses); -1 when the stream
+    cannot tell (then the caller drains to be sure)."""
     buf = getattr(writer, "out_buf", None)  # MicroPython's asyncio Stream
     if buf is not None:
         return len(buf)
@@ -88,6 +89,58 @@ def unsent(writer):
         except Exception:
             return -1
     return -1
+
+
+def close_stream(writer):
+    """Close a stream's socket now, synchronously, on either interpreter;
+    never raises. MicroPython's Stream.close() does nothing (its
+    wait_closed() closes the socket), so the socket is closed directly, and
+    the bytes the stream still held for it are dropped: asyncio's IO queue
+    keeps a removed entry's value (this stream) in its dict table until the
+    slot is reused (MicroPython dicts keep a deleted value), so a closed
+    stream can stay reachable for a while; what it holds must not."""
+    try:
+        sock = getattr(writer, "s", None) if MICROPYTHON else None
+        if sock is not None:
+            sock.close()
+            writer.out_buf = b""
+        else:
+            writer.close()
+    except Exception:
+        pass
+
+
+def listen_socket(host, port, backlog):
+    """A non-blocking listening TCP socket. Raises OSError (getaddrinfo,
+    bind or listen failed); the socket is closed then."""
+    import socket
+    ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
+    sock = socket.socket(ai[0], socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(ai[-1])
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def unload(name):
+    """Forget a module imported for a one-off job (its code is heap on a
+    board running .mpy files): the code is collected once nothing else
+    refers to it. The package attribute that importing it set goes too."""
+    mod = sys.modules.pop(name, None)
+    if mod is not None:
+        i = name.rfind(".")
+        pkg = sys.modules.get(name[:i]) if i > 0 else None
+        child = name[i + 1:]
+        if pkg is not None:
+            try:
+                delattr(pkg, child)
+            except AttributeError:
+                pass
 
 
 def print_exception(exc):
@@ -101,7 +154,56 @@ def print_exception(exc):
 
 if MICROPYTHON:
     import asyncio as _asyncio
+    from asyncio import core as _core
     sleep_ms = _asyncio.sleep_ms
+
+    def _readable(sock):
+        # awaitable: resume when sock is readable (what asyncio's own
+        # Stream.readinto does; core's IO queue is the only way to wait for
+        # a socket without a Stream)
+        yield _core._io_queue.queue_read(sock)
+
+    def _writable_sock(sock):
+        yield _core._io_queue.queue_write(sock)
+
+    def write_some(writer, buf, off, n):
+        """Hand buf[off:off + n] to the socket without blocking, without a
+        copy and without allocating; returns the bytes it took (fewer, or
+        0, when it is full). Raises OSError. Stream.write would keep the
+        rest as a copy, and append to that copy: the large blocks a
+        fragmented heap cannot give. (A stream that is not an asyncio
+        Stream, a test's fake, takes all.)"""
+        sock = getattr(writer, "s", None)
+        if sock is None:
+            writer.write(memoryview(buf)[off:off + n])
+            return n
+        k = sock.write(buf, off, n)
+        return k if k else 0  # None: it would block
+
+    def writable(writer):
+        """Awaitable: the socket has room again (a fake: its drain())."""
+        sock = getattr(writer, "s", None)
+        return writer.drain() if sock is None else _writable_sock(sock)
+
+    async def accept_forever(sock, on_accept):
+        """Accept connections on a listening socket until cancelled, calling
+        on_accept(reader, writer) for each (it must not block). Our own
+        loop, not start_server's: there a failure in the callback (a
+        MemoryError making the Stream or the task) ends the accept task for
+        good, and the listener with it. Here a failure costs that one
+        socket, which is closed; on_accept is told nothing."""
+        while True:
+            await _readable(sock)
+            try:
+                s2, addr = sock.accept()
+            except OSError:
+                continue  # e.g. the peer reset before accept
+            try:
+                s2.setblocking(False)
+                stream = _asyncio.StreamWriter(s2, {"peername": addr})
+                on_accept(stream, stream)
+            except Exception:
+                s2.close()
 
     def stream_reader(reader):
         """MicroPython's Stream has readinto(): the connection awaits it
@@ -130,11 +232,32 @@ else:
         """A reader with `async readinto(buf) -> n` (0 at EOF)."""
         return reader if hasattr(reader, "readinto") else _ReadInto(reader)
 
+    def write_some(writer, buf, off, n):
+        """As on MicroPython; CPython's transport takes everything (and
+        keeps what the socket does not: unsent() says how much)."""
+        writer.write(memoryview(buf)[off:off + n] if off or n != len(buf) else buf)
+        return n
+
+    def writable(writer):
+        """Awaitable: what the stream held has gone out."""
+        return writer.drain()
+
+    async def accept_forever(sock, on_accept):
+        """As the MicroPython version: on_accept(reader, writer) per
+        connection until cancelled. CPython's own accept loop survives a
+        failing callback, so start_server on our socket does the work."""
+        srv = await _asyncio.start_server(on_accept, sock=sock)
+        try:
+            await _asyncio.Event().wait()
+        finally:
+            srv.close()
+
 
 class OSFS:
     """The filesystem the store writes to: the interpreter's own (a
     directory on the host, littlefs on a board). tools/lfs_fs.py offers the
-    same interface over a littlefs image for wear measurements."""
+    same interface over a littlefs image for wear measurements. Errors are
+    OSError; on MicroPython they carry only the errno number."""
 
     def open(self, path, mode):
         return open(path, mode)
@@ -144,6 +267,7 @@ class OSFS:
         os.rename(src, dst)  # atomic replace on POSIX and littlefs
 
     def remove(self, path):
+        """Remove a file; a missing one (or any failure) is not an error."""
         import os
         try:
             os.remove(path)
@@ -158,16 +282,37 @@ class OSFS:
         except OSError:
             return -1
 
-    def listdir(self, path):
+    def isdir(self, path):
+        """True if path is a directory."""
         import os
-        return os.listdir(path)
+        try:
+            return (os.stat(path)[0] & 0x4000) != 0  # S_IFDIR
+        except OSError:
+            return False
+
+    def scan(self, path):
+        """Yield the names in directory `path` one at a time, never the
+        whole listing at once (os.listdir of thousands of names exhausts a
+        device heap). The directory must not be changed until the iteration
+        ends."""
+        import os
+        if MICROPYTHON:
+            for entry in os.ilistdir(path):  # (name, type, inode[, size]) tuples
+                yield entry[0]
+        else:
+            with os.scandir(path) as it:
+                for entry in it:
+                    yield entry.name
 
     def mkdir(self, path):
+        """Create a directory; no error if something of that name exists
+        (the caller checks isdir)."""
         import os
         try:
             os.mkdir(path)
-        except OSError:
-            pass  # exists (or the parent is missing: open() will say so)
+        except OSError as e:
+            if not e.args or e.args[0] != 17:  # EEXIST
+                raise
 
     def sync(self, f):
         """Make written bytes durable: flush, and fsync where the

@@ -10,10 +10,14 @@
 # Sizes carry their unit in the name (_bytes, _ms, _s). Every cap that a
 # client can push against is listed here together with what happens when it
 # is hit; the broker counts each hit under $SYS/broker/counters/<counter>.
+from .compat import const, unload
+from .errors import ConfigError  # noqa: F401  (raised here; importers take it from here too)
 
-
-class ConfigError(ValueError):
-    pass
+# A config file is about 1-2 KB; read_json refuses one past this size, and
+# reads in _READ_BYTES chunks, so it never holds more than twice the bytes
+# of the file at once, whatever the file is (a device, a pipe).
+_MAX_FILE_BYTES = const(16384)
+_READ_BYTES = const(512)
 
 
 # key: (default, minimum, maximum). A string default takes a string; for
@@ -28,6 +32,11 @@ SPEC = {
     # A socket that sends no complete CONNECT within this time is closed
     # (counter: connect_timeouts).
     "connect_timeout_ms": (5000, 100, 600000),
+    # Connections the kernel (lwIP on a board) may hold waiting to be
+    # accepted; 0: max_clients. MicroPython's own default is 5: a burst of
+    # connects past it overflows the queue and the clients retry their SYN a
+    # second later.
+    "listen_backlog": (0, 0, 65535),
     # --- sessions -----------------------------------------------------------
     # Sessions kept, online and offline together. When full, a CONNECT for a
     # new client id evicts the least recently seen offline session (counter:
@@ -68,6 +77,10 @@ SPEC = {
     # need not fit the heap (each costs a few hundred bytes of trie);
     # past it a new filter gets SUBACK 0x80 (counter: subscriptions_refused).
     "max_subscriptions_total": (128, 1, 10000000),
+    # Topic filters in one SUBSCRIBE packet. Filters past it get SUBACK 0x80
+    # without any work done for them (counter: subscriptions_refused); a
+    # filter repeated in one packet is one subscription.
+    "max_filters_per_packet": (16, 1, 65535),
     # --- messages and topics -------------------------------------------------
     # Whole packet, fixed header included. A larger packet closes the
     # connection as soon as its length field is read (counter:
@@ -94,13 +107,30 @@ SPEC = {
     # A write that cannot drain within this time closes the connection
     # (counter: slow_disconnects); its will is published.
     "write_timeout_ms": (10000, 100, 600000),
+    # Replies (CONNACK, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK, UNSUBACK,
+    # PINGRESP) are never dropped, so a client that sends requests without
+    # reading the answers makes them pile up: a connection whose unsent
+    # output passes max_outbound_bytes + max_packet_size + this is closed
+    # (counter: output_overflows). Deliveries stop at max_outbound_bytes, and
+    # one delivery is at most max_packet_size, so this is what replies get.
+    "max_reply_bytes": (2048, 64, 1 << 30),
+    # --- heap (MicroPython; ignored where free heap cannot be read) ------------
+    # When free heap after a collection falls under this, the broker sheds
+    # load in steps instead of letting MemoryError decide (README, "Heap
+    # contract"): under it, CONNECTs that need a new session are refused
+    # (counter: heap_refused) and QoS 0 messages for subscribers with unsent
+    # output are dropped (counter: heap_dropped); under half of it, new
+    # subscriptions and retained topics are refused too, new messages for
+    # sessions that would have to queue them are dropped, and the oldest
+    # queued messages of the largest queue go. 0 turns shedding off.
+    "heap_reserve_bytes": (16384, 0, 1 << 30),
     # --- persistence (docs/STORE.md) -------------------------------------------
     # Directory of the flash store; "" keeps all state in memory only.
     "store_dir": ("", None, None),
     # Flash bytes the store may use. The log is compacted when it passes
-    # half of this; if the compacted state is still over half, the least
-    # recently seen offline persistent session is dropped until it fits
-    # (counter: store_evicted).
+    # half of this; if the compacted state is still over half, offline
+    # persistent sessions are dropped, the one holding the most queued bytes
+    # first, until it fits (counter: store_evicted).
     "store_max_bytes": (262144, 4096, 1 << 30),
     # Longest a record that backs no acknowledgement (a QoS 0 retained
     # update, a client's PUBACK) waits before it is written; retained
@@ -163,15 +193,43 @@ def load_config(*overrides):
 
 
 def read_json(path):
-    """Parse a JSON config file; a syntax error names the file."""
-    import json
+    """Parse a JSON config file: one object of keys, parsed strictly and the
+    same on both interpreters (jsonparse). An unreadable file, one larger
+    than _MAX_FILE_BYTES, a syntax error (with its line and column), a
+    document too big for the heap or a value that is not an object raise
+    ConfigError naming the file. The parser's code is dropped again
+    afterwards (it is heap on a board running .mpy files)."""
+    from . import jsonparse
     try:
-        with open(path) as f:
-            data = json.load(f)
+        text = _read_capped(path)
+        if text is not None:
+            data = jsonparse.loads(text)
     except OSError as e:
         raise ConfigError("cannot read config file %s: %s" % (path, e))
-    except ValueError as e:
+    except ValueError as e:  # from jsonparse, with line and column
         raise ConfigError("config file %s is not valid JSON: %s" % (path, e))
+    except MemoryError:  # a parsed value of many small parts, on a device
+        text = None  # free the file's bytes before formatting the message
+        raise ConfigError("config file %s: not enough memory to read it" % path)
+    finally:
+        jsonparse = None
+        unload("midge.jsonparse")
+    if text is None:
+        raise ConfigError("config file %s is larger than %d bytes" % (path, _MAX_FILE_BYTES))
     if not isinstance(data, dict):
         raise ConfigError("config file %s must hold one JSON object" % path)
     return data
+
+
+def _read_capped(path):
+    """The bytes of the file, or None if it holds more than _MAX_FILE_BYTES."""
+    parts = []
+    size = 0
+    with open(path, "rb") as f:
+        while size <= _MAX_FILE_BYTES:
+            chunk = f.read(_READ_BYTES)
+            if not chunk:
+                return b"".join(parts)
+            parts.append(chunk)
+            size += len(chunk)
+    return None

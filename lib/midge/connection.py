@@ -13,23 +13,37 @@
 # codec.frame_end rejects an oversize packet from its length field.
 #
 # Writing: handlers and the broker call send(), which only appends to a
-# list and puts the connection on broker.dirty. flush_dirty() hands each
-# dirty connection's list to its stream in one write: at the end of every
-# chunk a read loop handled (so the replies and deliveries of one wake-up
-# leave in one write per connection), or from a one-shot task for sends
-# made outside a read loop (ticks, wills, drains). A write that the stream
-# could not take at once is drained by a task that exists only while
-# draining. Bytes queued and not yet drained are capped by
-# max_outbound_bytes (see Broker.deliver for what happens above it); a drain
+# list (small replies are packed into one buffer) and puts the connection on
+# broker.dirty. flush_dirty() hands each dirty connection's list to the
+# socket: at the end of every chunk a read loop handled (so the replies and
+# deliveries of one wake-up leave together), or from a one-shot task for
+# sends made outside a read loop (ticks, wills, drains). Runs of small parts
+# are gathered in one shared scratch buffer for one write; a large part is
+# written from where it is; what the socket does not take stays where it
+# was, in the list, with an offset into its first part (compat.write_some:
+# no copy, where MicroPython's Stream.write would copy the rest, the large
+# blocks a fragmented heap cannot give). While the socket is full a task
+# waits for room and writes on; it exists only while draining. Bytes queued and not yet drained are capped twice: deliveries
+# stop at max_outbound_bytes (see Broker.deliver for what happens above it),
+# and nothing at all may pass Broker.max_unsent (max_outbound_bytes +
+# max_packet_size + max_reply_bytes): a client that keeps sending requests
+# without reading the replies is closed there (output_overflows). A drain
 # that takes longer than write_timeout_ms is found by Server.tick, which
 # closes the connection.
+#
+# Heap contract: a MemoryError raised by this connection's own work (its
+# packets, its output, its will) closes this connection only: its output
+# and unread input are dropped, its socket is closed, the broker counts
+# memory_errors and re-measures the heap. send() and flush() never raise, so
+# one connection's failure cannot surface in another's read loop.
 #
 # Durability: every write is preceded by Broker.commit(), so nothing leaves
 # that acknowledges what the store has not written.
 import asyncio
 
 from . import codec, handlers, log
-from .compat import const, ticks_ms, ticks_diff, print_exception, peer_text, sleep_ms, stream_reader, unsent
+from .compat import (const, ticks_ms, ticks_diff, print_exception, peer_text, sleep_ms, stream_reader,
+                     unsent, close_stream, write_some, writable)
 from .protocol import ProtocolError
 
 _CHUNK = const(4096)
@@ -38,27 +52,18 @@ _shared_mv = memoryview(_shared_buf)
 _PAUSE_STEP_MS = const(2)
 _TAIL_IN_PLACE = const(2048)  # longest tail that keeps half the buffer for reading
 _QOS0_PUBLISH = const(0x30)  # fixed header of a QoS 0, retain 0, DUP 0 PUBLISH
-
-
-def _join(parts):
-    """One buffer of bytes and memoryviews (MicroPython's bytes.join takes
-    bytes only)."""
-    n = 0
-    for p in parts:
-        n += len(p)
-    buf = bytearray(n)
-    i = 0
-    for p in parts:
-        k = i + len(p)
-        buf[i:k] = p
-        i = k
-    return buf
+_SMALL = const(16)           # replies up to this size are packed into one buffer
+_WRITE_MAX = const(2048)     # bytes gathered for one write: small packets leave in one syscall
+_ABANDONED = const(1 << 40)  # added to _out_bytes when output is dropped: no room, no more sends
+_gather = bytearray(_WRITE_MAX)  # ONE scratch buffer, shared: a run of small parts is copied
+                                 # in and handed to the socket in one write, synchronously
 
 
 def flush_dirty(broker):
     """Write the queued output of every connection on broker.dirty (sends
     made meanwhile, by a pump after a write, are flushed by this same loop,
-    not by a scheduled task)."""
+    not by a scheduled task). Never raises: each flush answers for its own
+    connection."""
     d = broker.dirty
     hold = broker.flush_hold
     broker.flush_hold = True
@@ -75,14 +80,19 @@ async def _flush_later(broker):
 
 
 def _schedule_flush(broker):
+    """A one-shot task flushes sends made outside a read loop. If it cannot
+    be made (no running loop, or no heap for the task), the output waits
+    for the next flush: the tick flushes every 250 ms."""
     broker.flush_scheduled = True
-    coro = _flush_later(broker)
+    coro = None
     try:
+        coro = _flush_later(broker)
         asyncio.create_task(coro)
-    except RuntimeError:
-        # no running event loop (CPython, a test poking a connection
-        # directly): nothing could write now; the next flush will
-        coro.close()
+    except (RuntimeError, MemoryError):
+        # RuntimeError: no running event loop (CPython, a test poking a
+        # connection directly): nothing could write now
+        if coro is not None:
+            coro.close()
         broker.flush_scheduled = False
 
 
@@ -95,11 +105,15 @@ class Connection:
     _out = ()               # bytes objects waiting to be written (a list once sent to)
     _out_bytes = 0          # bytes in _out + written and not yet drained
     _drainer = None         # the task draining the stream, while one runs
+    _off = 0                # bytes of _out[0] already written
+    _held = 0               # bytes written to a stream that keeps them (CPython) until drained
     _dirty = False          # on broker.dirty: flushed at the end of this chunk
-    _owned = 0              # leading items of _out that are own copies (while draining)
+    _owned = 0              # leading items of _out already made own copies (while draining)
     _paused = False         # the read loop stopped for backpressure
     _rest = b""             # bytes read but not yet handled (own copy, never the shared buffer)
+    _tail = None            # the bytearray at the end of _out that small replies are packed into
     _done = False           # socket closed: nothing more is written
+    _abandon = False        # output dropped (overflow, MemoryError): close without flushing
     _task = None            # the task running run()
     registry = None         # list this connection is in while it runs
 
@@ -119,21 +133,36 @@ class Connection:
     # --- interface used by the broker --------------------------------------
 
     def send(self, data):
-        """Queue bytes. Inside a read loop's chunk `data` may also be a
-        memoryview into the shared read buffer (Broker.forward_qos0): the
-        flush at the end of the chunk writes or copies it before the buffer
-        is read into again."""
-        out = self._out
-        if not out:
-            out = self._out = []
-        if not self._dirty:
-            self._dirty = True
-            b = self.broker
-            b.dirty.append(self)
-            if not b.flush_hold and not b.flush_scheduled:
-                _schedule_flush(b)
-        out.append(data)
-        self._out_bytes += len(data)
+        """Queue bytes; never raises. Inside a read loop's chunk `data` may
+        also be a memoryview into the shared read buffer
+        (Broker.forward_qos0): the flush at the end of the chunk writes or
+        copies it before the buffer is read into again. Past
+        Broker.max_unsent the connection is closed instead (output_overflows);
+        a MemoryError closes it too (memory_errors)."""
+        n = len(data)
+        b = self.broker
+        if self._out_bytes + n > b.max_unsent:  # (also once abandoned: see _drop_output)
+            self._overflow()
+            return
+        try:
+            out = self._out
+            if n > _SMALL and out:
+                out.append(data)
+            elif not out:
+                out = self._out = [data]
+            elif out[-1] is self._tail:
+                self._tail.extend(data)  # PUBACKs of a burst: one buffer, not one object each
+            else:
+                t = self._tail = bytearray(data)
+                out.append(t)
+            self._out_bytes += n
+            if not self._dirty:
+                b.dirty.append(self)
+                self._dirty = True
+                if not b.flush_hold and not b.flush_scheduled:
+                    _schedule_flush(b)
+        except MemoryError:
+            self._memory_error("queueing output")
 
     def room(self):
         return self.broker.max_outbound - self._out_bytes
@@ -148,37 +177,165 @@ class Connection:
         if task is not None and task is not asyncio.current_task():
             task.cancel()
 
+    def _drop_output(self):
+        """Forget everything queued and not yet handed to the stream (what
+        the stream holds still counts until its drain ends or is
+        abandoned); nothing more is queued. Frees the heap it held."""
+        self._abandon = True
+        for data in self._out:
+            self._out_bytes -= len(data)
+        self._out_bytes += self._off + _ABANDONED  # every later send() is over max_unsent
+        self._out = ()
+        self._off = 0
+        self._tail = None
+        self._owned = 0
+
+    def _overflow(self):
+        """max_unsent passed: the client does not read what it asked for
+        (or the output was dropped already: then nothing more is done)."""
+        if self._abandon:
+            return
+        self.broker.count("output_overflows")
+        log.info("%s closed: unsent output over %d bytes", self._name(), self.broker.max_unsent)
+        self._drop_output()
+        self.close()
+
+    def _memory_error(self, doing):
+        """A MemoryError in this connection's own work: close it, free what
+        it holds, let the broker re-measure the heap (and rewrite the store
+        from memory if a record may be missing)."""
+        self._drop_output()
+        self._rest = b""
+        self.close()
+        self.broker.memory_error("%s closed: out of memory while %s" % (self._name(), doing))
+
     def flush(self):
         """Commit, then hand what is queued to the stream, unless a drain is
-        running: that task writes the rest when the stream has drained."""
+        running: that task writes the rest when the stream has drained.
+        Never raises: an error closes this connection only."""
         self._dirty = False
+        try:
+            try:
+                self._flush()
+            except MemoryError:
+                # no block to join the output into: make room once (what
+                # failed changed nothing yet), then it is this connection's
+                if not self.broker.make_room():
+                    raise
+                self._flush()
+        except MemoryError:
+            self._memory_error("writing")
+        except OSError as e:  # the stream writes at once where it can
+            log.debug("%s write error %s", self._name(), e)
+            self._drop_output()
+            self.close()
+        except Exception as e:
+            self._internal_error(e)
+            self._drop_output()
+            self.close()
+
+    def _flush(self):
+        if self._drainer is None and not self._done and self._out and not self._pour():
+            self._drainer = asyncio.create_task(self._drain())
         out = self._out
         if self._drainer is not None and len(out) > self._owned:
-            # kept until the drain ends: own the bytes (views of the shared
-            # read buffer would change under it). Only what came since the
-            # last time is copied, so a long drain does not copy it all again.
-            k = self._owned
-            out[k:] = [_join(out[k:])]
-            self._owned = k + 1
+            # kept until the drain ends: views of the shared read buffer
+            # (the QoS 0 fast path's frames) would change under it, so they
+            # become own copies, each no larger than one packet. Only what
+            # came since the last time is looked at; everything else in _out
+            # is immutable or ours already.
+            for k in range(self._owned, len(out)):
+                if type(out[k]) is memoryview:
+                    out[k] = bytes(out[k])
+            self._owned = len(out)
+
+    def _pour(self):
+        """Write from the head of _out while the socket takes it, each
+        write after a commit (nothing leaves that acknowledges what the
+        store has not written), refilling from the session's queue as room
+        frees. True when nothing is left to wait for; False when the socket
+        is full, or the stream keeps what it was given (CPython): the drain
+        task waits for room."""
         broker = self.broker
-        while self._out and self._drainer is None and not self._done:
+        while self._out and not self._done:
             if not self._commit():
-                return
-            try:
-                n = self._write_out()
-            except OSError as e:  # the stream writes at once where it can
-                log.debug("%s write error %s", self._name(), e)
-                self.close()
-                return
-            if unsent(self.writer):
-                self._drainer = asyncio.create_task(self._drain(n))
-                return
-            # the socket took it all: the room is free again at once
-            self._out_bytes -= n
+                return True
+            n = self._write_some()
+            full = n < 0
+            if full:
+                n = -n - 1
             broker.bytes_out += n
+            if unsent(self.writer):
+                self._held += n  # still counted in _out_bytes until drained
+                return False
+            self._out_bytes -= n
+            if full:
+                return False
             s = self.session
             if s is not None and s.has_pending():
-                broker.pump(s)  # may queue more: written by the next turn
+                broker.pump(s)  # may queue more: written by this same loop
+        return True
+
+    def _write_some(self):
+        """One write from the head of _out: a run of small parts gathered in
+        the shared scratch buffer, or one part from where it is (the socket
+        copies what it takes before this returns). Allocates nothing.
+        Returns the bytes the socket took, or -1 - that when it did not take
+        all it was offered (it is full); what it did not take stays in
+        _out."""
+        out = self._out
+        off = self._off
+        p = out[0]
+        want = len(p) - off
+        e = 1
+        m = len(out)
+        if m > 1 and want + len(out[1]) <= _WRITE_MAX:
+            buf = _gather
+            _gather[:want] = memoryview(p)[off:] if off else p
+            boff = 0
+            while e < m:
+                p = out[e]
+                k = want + len(p)
+                if k > _WRITE_MAX:
+                    break
+                _gather[want:k] = p
+                want = k
+                e += 1
+        else:
+            buf = p
+            boff = off
+        n = write_some(self.writer, buf, boff, want)
+        if n == want:  # all of parts 0..e-1
+            if e == m:
+                self._out = ()
+                self._tail = None  # handed over: never extended again
+                self._owned = 0
+            else:
+                del out[:e]
+                self._owned = self._owned - e if self._owned > e else 0
+            self._off = 0
+            return n
+        if n:
+            self._advance(n)
+        return -1 - n
+
+    def _advance(self, n):
+        """n more bytes from the head of _out were written."""
+        out = self._out
+        off = self._off + n
+        i = 0
+        while i < len(out) and off >= len(out[i]):
+            off -= len(out[i])
+            i += 1
+        if i == len(out):
+            self._out = ()
+            self._tail = None  # handed over: never extended again
+            self._owned = 0
+            off = 0
+        elif i:
+            del out[:i]
+            self._owned = self._owned - i if self._owned > i else 0
+        self._off = off
 
     # --- the connection's life --------------------------------------------------
 
@@ -187,6 +344,7 @@ class Connection:
         keeps (with the pending readinto), so it holds as few locals and
         handlers as it can: the work happens in _received and _closed."""
         self._task = asyncio.current_task()
+        err = None
         try:
             while not self.closing:
                 if self._paused:
@@ -201,13 +359,30 @@ class Connection:
         except asyncio.CancelledError:
             pass  # closed by the broker (takeover, keepalive) or the server
         except Exception as e:
-            self._read_failed(e)
-        self._closed()
+            err = e
+        self._wind_down(err)
         await self._finish()
+
+    def _wind_down(self, err):
+        """The read loop ended (err: what ended it, or None). Never raises:
+        a MemoryError while handling a MemoryError (even setting a flag can
+        allocate) must not skip the detach, or the close in _finish that
+        follows."""
+        if err is not None:
+            try:
+                self._read_failed(err)
+            except Exception:
+                pass
+        try:
+            self._closed()
+        except Exception:
+            pass
 
     def _read_failed(self, e):
         if isinstance(e, OSError):
             log.debug("%s socket error %s", self._name(), e)
+        elif isinstance(e, MemoryError):  # e.g. waiting for input (the poller's entry)
+            self._memory_error("reading")
         else:  # a bug must cost one connection, never the broker
             self._internal_error(e)
 
@@ -228,29 +403,40 @@ class Connection:
         split packet fragments a device heap until one fails). A protocol
         error or a bug closes this connection only."""
         rest = self._rest
-        if n < 0:
-            data = rest
-        else:
-            self.last_rx_ms = ticks_ms()
-            self.broker.bytes_in += n
-            k = len(rest)
-            if k and k <= _TAIL_IN_PLACE:
-                _shared_buf[:k] = rest
-                data = _shared_mv[:k + n]
-            elif k:
-                data = rest + _shared_mv[:n]
-            else:
-                data = _shared_mv[:n]
         try:
+            if n < 0:
+                data = rest
+            else:
+                self.last_rx_ms = ticks_ms()
+                broker = self.broker
+                broker.bytes_in += n
+                broker.heap.spend(n)
+                k = len(rest)
+                if k and k <= _TAIL_IN_PLACE:
+                    _shared_buf[:k] = rest
+                    data = _shared_mv[:k + n]
+                elif k:
+                    data = rest + _shared_mv[:n]
+                else:
+                    data = _shared_mv[:n]
             self._rest = self._handle(data)
         except ProtocolError as e:
             self.broker.count(e.counter)
             if log.level <= log.INFO:
                 log.info("%s closed: %s", self._name(), e.args[0] if e.args else e)
             self.closing = True
+        except MemoryError:
+            self._memory_error("handling its packets")
         except Exception as e:
             self._internal_error(e)
             self.closing = True
+        # Durable before any reply of this chunk is written; then every
+        # connection the chunk gave output (views of the shared buffer must
+        # leave or be copied before the next read). After an error has
+        # closed this one: a packet it left half done (a SUBSCRIBE whose
+        # SUBACK was never queued) sends nothing of it.
+        self._commit()
+        flush_dirty(self.broker)
 
     def _internal_error(self, e):
         self.broker.count("internal_errors")
@@ -265,15 +451,19 @@ class Connection:
         try:
             broker.detach(self, self.graceful)
             broker.commit()
+        except MemoryError:
+            broker.memory_error("%s: out of memory while detaching" % self._name())
+        except OSError as e:  # the store could not write: counted and logged there
+            log.debug("%s detach: %s", self._name(), e)
         except Exception as e:
-            log.error("detach failed: %r", e)
-            print_exception(e)
+            self._internal_error(e)
         flush_dirty(broker)
 
     def _handle(self, data):
-        """Handle every complete packet in `data`, then flush what they
-        queued. Returns the unhandled tail as an own copy. Stops early when
-        closing, or when backpressure asks (sets _paused)."""
+        """Handle every complete packet in `data` (what they queue is
+        flushed by _received). Returns the unhandled tail as an own copy.
+        Stops early when closing, or when backpressure asks (sets
+        _paused)."""
         broker = self.broker
         max_packet = broker.max_packet
         pos = 0
@@ -296,8 +486,6 @@ class Connection:
                     break
         finally:
             broker.flush_hold = False
-            self._commit()  # durable before any reply of this chunk is written
-            flush_dirty(broker)
         return bytes(data[pos:]) if pos < len(data) else b""
 
     def _commit(self):
@@ -310,45 +498,43 @@ class Connection:
             self.broker.commit()
             return True
         except OSError as e:  # store.StoreWriteError
-            for data in self._out:
-                self._out_bytes -= len(data)
-            self._out = ()
-            self._owned = 0
+            self._drop_output()
             log.error("%s closed: %s", self._name(), e)
             self.close()
             return False
+        except MemoryError:
+            self._memory_error("writing the store")
+            return False
 
-    def _write_out(self):
-        """Hand _out to the stream in one write; returns the bytes written."""
-        out = self._out
-        data = out[0] if len(out) == 1 else _join(out)
-        self._out = ()
-        self._owned = 0
-        self.writer.write(data)
-        return len(data)
-
-    async def _drain(self, n):
-        """Drain the write of n bytes, let the session's queue refill the
-        freed room, write what was queued meanwhile; repeat until nothing is
-        left."""
+    async def _drain(self):
+        """The socket was full: wait for room, let the session's queue refill
+        what was freed, write on; until nothing is left. A wait that sees no
+        room for write_timeout_ms is found by Server.tick (drain_started_ms)."""
         broker = self.broker
         try:
             while True:
                 self.drain_started_ms = ticks_ms()
-                await self.writer.drain()
+                await writable(self.writer)
                 self.drain_started_ms = -1
-                self._out_bytes -= n
-                broker.bytes_out += n
+                if self._held:
+                    self._out_bytes -= self._held
+                    self._held = 0
                 s = self.session
                 if s is not None and s.has_pending():
                     broker.pump(s)
-                if self._done or not self._out or not self._commit():
+                if self._done or not self._out or self._pour():
                     break
-                n = self._write_out()
         except asyncio.CancelledError:
             pass
         except (OSError, EOFError) as e:
             log.debug("%s write error %s", self._name(), e)
+            self._drop_output()
+            self.close()
+        except MemoryError:
+            self._memory_error("draining")
+        except Exception as e:
+            self._internal_error(e)
+            self._drop_output()
             self.close()
         finally:
             self.drain_started_ms = -1
@@ -367,29 +553,41 @@ class Connection:
     async def _finish(self):
         """Let what is still queued go out (a refusing CONNACK, the
         acknowledgements before a DISCONNECT) unless a drain stalls past
-        write_timeout_ms, then close the socket and leave the registry."""
+        write_timeout_ms or the output was abandoned; then close the socket
+        and leave the registry. The socket is closed whatever happens
+        (cancellation included): a leaked socket is a slot lost for good on
+        a board."""
         try:
-            await self._flush_and_close()
+            await self._flush_last()
+        except Exception:
+            pass  # never leave the socket open for a failed flush
         finally:
+            # the close first, allocating nothing; then the bookkeeping,
+            # which may (setting a flag can), and must not undo it
+            d = self._drainer
+            if d is not None:
+                d.cancel()
+            close_stream(self.writer)
             reg = self.registry
-            if reg is not None:
+            if reg is not None and self in reg:
                 reg.remove(self)
+            try:
+                self._done = True
+                self._drop_output()
+                self._rest = b""
+            except Exception:
+                pass
 
-    async def _flush_and_close(self):
+    async def _flush_last(self):
+        if self._abandon:
+            return
         self.flush()
         limit = self.broker.cfg["write_timeout_ms"]
-        while self._drainer is not None:
+        while self._drainer is not None and not self._abandon:
             started = self.drain_started_ms
             if started >= 0 and ticks_diff(ticks_ms(), started) > limit:
-                self._drainer.cancel()  # stalled: the stream is abandoned
-                break
+                break  # stalled: the stream is abandoned
             await sleep_ms(_PAUSE_STEP_MS)
-        self._done = True
-        try:
-            self.writer.close()
-            await self.writer.wait_closed()
-        except Exception:
-            pass
 
     def _name(self):
         s = self.session

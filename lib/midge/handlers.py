@@ -40,11 +40,9 @@ def handle(broker, conn, first, buf, start, end):
     elif ptype == PUBCOMP:
         broker.pubcomp(s, codec.decode_pid_only(flags, 0, buf, start, end))
     elif ptype == SUBSCRIBE:
-        pid, requests = codec.decode_subscribe(flags, buf, start, end)
-        broker.subscribe(s, pid, requests)
+        _subscribe(broker, s, flags, buf, start, end)
     elif ptype == UNSUBSCRIBE:
-        pid, filters = codec.decode_unsubscribe(flags, buf, start, end)
-        broker.unsubscribe(s, pid, filters)
+        _unsubscribe(broker, conn, s, flags, buf, start, end)
     elif ptype == PINGREQ:
         codec.check_empty(flags, start, end)
         conn.send(codec.PINGRESP)  # [MQTT-3.12.4-1]
@@ -71,11 +69,20 @@ def _connect(broker, conn, flags, buf, start, end):
 
 
 def _publish(broker, conn, s, flags, buf, start, end):
-    p = codec.decode_publish(flags, buf, start, end)
+    try:
+        p = codec.decode_publish(flags, buf, start, end)
+        msg = Message(p.topic, p.payload, p.qos, p.retain, p.topic_bytes)
+    except MemoryError:
+        # no block for the payload: queued messages (a subscriber's, not
+        # this publisher's) may be holding the heap; make room, once (the
+        # decoding changed nothing)
+        if not broker.make_room():
+            raise
+        p = codec.decode_publish(flags, buf, start, end)
+        msg = Message(p.topic, p.payload, p.qos, p.retain, p.topic_bytes)
     topic = p.topic
     qos = p.qos
     pid = p.pid
-    msg = Message(topic, p.payload, qos, p.retain, p.topic_bytes)
     if broker.subs.route(msg.topic_bytes) is None:  # a cached topic passed before
         broker.check_name(topic, len(msg.topic_bytes))
     broker.msgs_in += 1
@@ -100,3 +107,37 @@ def _publish(broker, conn, s, flags, buf, start, end):
     elif qos == 2:
         conn.send(codec.pubrec(pid))  # [MQTT-4.3.3-2]
 
+
+
+def _subscribe(broker, s, flags, buf, start, end):
+    """The whole packet is validated first (a malformed one changes
+    nothing). Only the first max_filters_per_packet filters are decoded;
+    the rest are refused unread. A filter longer than max_topic_length is
+    refused without being decoded (None)."""
+    pid = codec.check_subscribe(flags, buf, start, end)
+    cap = broker.cfg["max_filters_per_packet"]
+    max_len = broker.max_topic_length
+    requests = []
+    extra = 0
+    pos = start + 2
+    while pos < end:
+        a = pos + 2
+        n = codec.str_len(buf, pos)
+        pos = a + n + 1
+        if len(requests) >= cap:
+            extra += 1
+        else:
+            requests.append((codec.str_at(buf, a, n) if n <= max_len else None, buf[a + n]))
+    broker.subscribe(s, pid, requests, extra)
+
+
+def _unsubscribe(broker, conn, s, flags, buf, start, end):
+    """Validated first, then one filter decoded at a time."""
+    pid = codec.check_unsubscribe(flags, buf, start, end)
+    pos = start + 2
+    while pos < end:
+        a = pos + 2
+        n = codec.str_len(buf, pos)
+        pos = a + n
+        broker.unsubscribe_filter(s, codec.str_at(buf, a, n))
+    conn.send(codec.unsuback(pid))  # [MQTT-3.10.4-4]

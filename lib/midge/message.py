@@ -10,7 +10,7 @@ class Message:
     store_gen = 0   # log generation holding its R_MSG record (0: none)
 
     retain = False  # retain flag as published (class default: most are not)
-    _frame0 = None  # cached QoS 0, retain 0 frame, once built
+    _head0 = None   # cached head of its QoS 0, retain 0 PUBLISH, once built
 
     def __init__(self, topic, payload, qos, retain, topic_bytes=None):
         self.topic = topic                # str, validated
@@ -25,16 +25,16 @@ class Message:
         """Bytes this message counts against byte caps."""
         return len(self.topic_bytes) + len(self.payload)
 
-    def frame_qos0(self):
-        """Whole QoS 0 PUBLISH for live forwarding (retain 0
-        [MQTT-3.3.1-9]); built once, shared by every QoS 0 subscriber."""
-        f = self._frame0
-        if f is None:
-            f = bytes(codec.publish_packet(self.topic_bytes, self.payload, 0, False, False, 0))
-            self._frame0 = f
-        return f
+    def head0(self):
+        """Head of the QoS 0 PUBLISH for live forwarding (retain 0
+        [MQTT-3.3.1-9]); built once, shared by every QoS 0 subscriber. The
+        payload follows as the second part."""
+        h = self._head0
+        if h is None:
+            h = self._head0 = bytes(codec.publish_head(self.topic_bytes, len(self.payload), 0, False, False, 0))
+        return h
 
-    def packet(self, qos, retain, dup, pid):
-        """A whole PUBLISH of this message at this QoS, flags and packet id
-        (a new buffer: the pid differs per send)."""
-        return codec.publish_packet(self.topic_bytes, self.payload, qos, retain, dup, pid)
+    def head(self, qos, retain, dup, pid):
+        """Head of a PUBLISH of this message at this QoS, flags and packet
+        id (a new buffer: the pid differs per send); the payload follows."""
+        return codec.publish_head(self.topic_bytes, len(self.payload), qos, retain, dup, pid)

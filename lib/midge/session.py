@@ -25,9 +25,14 @@ class Session:
     queue = ()            # (msg, qos) waiting to be sent, oldest first; pop(0) is a
                           # memmove of at most max_queued_messages pointers
     queued_bytes = 0
-    backlog = ()          # (msg, qos) retained messages for new subscriptions
-    backlog_pos = 0       # next backlog index to send
+    backlog = None        # retained messages for new subscriptions, not yet sent: a dict
+                          # topic -> (msg, qos), so a topic waits once however often it
+                          # matched; at most Broker._backlog_cap() entries
+    resend = 0            # after a reconnect: the last `resend` inflight entries still
+                          # wait to be sent again (DUP PUBLISH or PUBREL), oldest first
     in_qos2 = ()          # inbound QoS 2 pids received, PUBREL not yet [MQTT-4.3.3-2]
+    serial = 0            # creation order (Broker); 0 for sessions loaded from the store,
+                          # which were all created before any new one (sid orders those)
     _next_pid = 1
 
     def __init__(self, client_id, clean, now_ms):
@@ -44,10 +49,13 @@ class Session:
 
     def drop_inflight(self, entry):
         """Remove this entry (found by identity: entries compare equal by
-        value, which is slower and not what is meant)."""
+        value, which is slower and not what is meant). An entry that was
+        still waiting to be resent needs no resend any more."""
         inf = self.inflight
         for i in range(len(inf)):
             if inf[i] is entry:
+                if i >= len(inf) - self.resend:
+                    self.resend -= 1
                 del inf[i]
                 break
         if not inf:
@@ -103,13 +111,19 @@ class Session:
         return None
 
     def has_pending(self):
-        return bool(self.queue) or self.backlog_pos < len(self.backlog)
+        """Something waits for room on the wire: resends, backlog, queue."""
+        return bool(self.queue) or bool(self.backlog) or self.resend > 0
 
     def clear_delivery_state(self):
         """Forget everything owed to the client (session discarded)."""
         self.inflight = ()
+        self.resend = 0
         self.queue = ()
         self.queued_bytes = 0
-        self.backlog = ()
-        self.backlog_pos = 0
+        self.backlog = None
         self.in_qos2 = ()
+
+    def holds_messages(self):
+        """Anything acknowledged to a publisher or in flight: what evicting
+        this session would destroy."""
+        return bool(self.queue) or bool(self.inflight) or bool(self.in_qos2)

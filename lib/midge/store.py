@@ -3,10 +3,12 @@
 # POSIX).
 #
 # Files (docs/STORE.md has the full format and the record table):
-#   midge.snap  b"MIDG" + version byte + 3 zero bytes + u32 base | records
-#   midge.<N>   records of commit N (N >= base)
+#   midge.snap  b"MIDG" | version 2 | 3 zero bytes | u32 base | u32 CRC-32 | records
+#   midge.<N>   b"MIDJ" | version 2 | 3 zero bytes | u32 N | u32 base | u32 CRC-32 | records
 #   record      u32 length (type + body) | u8 type | body | u32 CRC-32 of all before it
 # Strings in a body are u16 length + bytes, payloads u32 length + bytes.
+# Version 1 stores (a snapshot header without CRC, segments without header)
+# are read and rewritten as version 2 by the compaction after loading.
 #
 # Contracts:
 # - Durability: records are buffered; Broker.commit() runs after every
@@ -17,24 +19,32 @@
 #   nothing a client was told (QoS 0 retained updates, a client's PUBACK or
 #   PUBCOMP, a queue drop) may wait up to store_sync_ms; retained updates of
 #   one topic inside that window are coalesced into one record.
-# - Crash safety: open() stops at the first record that is truncated or
-#   fails its CRC (a torn last write), keeps everything before it, counts
-#   it (damaged_records), deletes every segment it did not load and
-#   compacts.
-# - Heap: open() reads one record at a time and keeps a message body only
-#   while something refers to it; no step holds a whole file.
+# - Damage and heap while loading: storeload.py (open() runs it once and
+#   drops its code again). Every record that can be read is kept, damaged
+#   files are moved aside, never deleted, and every length read from flash
+#   is checked against max_record_bytes before anything is allocated.
+# - Errors name the path: a failed write is logged and raised
+#   (StoreWriteError) with the file and the errno; a store that cannot be
+#   opened raises StoreError with the path.
 import binascii
 import struct
 
 from . import log
-from .compat import const, OSFS
+from .compat import const, OSFS, unload
 from .message import Message
 from .session import Session, AWAIT_ACK, AWAIT_COMP
 from .topics import is_sys_reserved
 
+# Every name here and in storeload.py that is not a private const (a
+# function, attribute, argument or short string) is a qstr that stays in the
+# heap for good, even after storeload's code is dropped, and qstrs come in
+# pools: under the ESP32 budget (tools/store_heap.py) a first draft of the
+# loader with ~50 new names opened a new 7.5 KB pool. So the store keeps to
+# few names, and the header prefixes are literals: b"MIDG\x02\x00\x00\x00"
+# (snapshot), b"MIDJ\x02\x00\x00\x00" (journal segment),
+# b"MIDG\x01\x00\x00\x00" (a version 1 snapshot).
 MAGIC = b"MIDG"
-VERSION = const(1)
-_HEADER = b"MIDG\x01\x00\x00\x00"
+VERSION = 2
 
 # record types
 R_RETAIN = const(1)      # topic, qos, payload (empty payload: cleared)
@@ -55,22 +65,49 @@ R_WILL = const(15)       # cid, topic, qos, retain, payload: connected with a wi
 R_WILL_DEL = const(16)   # cid
 R_INFLIGHT_COMP = const(17)  # cid, pid: (snapshot) inflight awaiting PUBCOMP
 
-_SNAP = "midge.snap"   # snapshot: header + base sequence number + records
+_SNAP = "midge.snap"   # snapshot: header + records
 _TMP = "midge.tmp"     # snapshot being written; renamed over _SNAP when complete
 _SEG = "midge."        # + decimal sequence number: one journal segment per commit
 _BUF_FLUSH_BYTES = const(2048)  # deferred records are written at this size at the latest
 _MAX_SEGMENTS = const(256)      # compact after this many commits at the latest
 _MIN_JOURNAL_BYTES = const(4096)  # ... and not before the journal holds this much
+_MAX_RECORD_BYTES = const(4160)  # default cap of a record length: max_packet_size 4096 + 64
 
 
 class StoreError(Exception):
-    """A store that cannot be used (wrong magic or version): start-up stops."""
+    """A store that cannot be used (a newer midge's store, a directory that
+    cannot be created or written): start-up stops. The message names the
+    path."""
 
 
 class StoreWriteError(OSError):
     """Records that back an acknowledgement could not be written: the
     connection layer must not send that acknowledgement (it closes the
-    connection instead; the client resends, as QoS 1/2 lets it)."""
+    connection instead; the client resends, as QoS 1/2 lets it). The
+    message names the file and the errno."""
+
+
+def _errtext(e):
+    """'[Errno 28] ENOSPC' for an OSError on either interpreter: MicroPython's
+    OSError carries only the number, and its errno.errorcode lacks the three
+    names in the string below (20, 28, 30: the same numbers on Linux and in
+    MicroPython's py/mperrno.h); other exceptions as str()."""
+    n = e.args[0] if e.args else None
+    if not isinstance(n, int):
+        return str(e)
+    t = " 20 ENOTDIR 28 ENOSPC 30 EROFS "
+    key = " " + str(n) + " "
+    i = t.find(key)
+    if i >= 0:
+        i += len(key)
+        t = t[i:t.index(" ", i)]
+    else:
+        try:
+            import errno
+            t = errno.errorcode.get(n, "?")
+        except ImportError:
+            t = "?"
+    return "[Errno %d] %s" % (n, t)
 
 
 def _s16(b):
@@ -81,48 +118,16 @@ def _b32(b):
     return struct.pack(">I", len(b)) + b
 
 
-class _Reader:
-    """Decodes the fields of one record body."""
-
-    def __init__(self, body):
-        self.b = body
-        self.p = 0
-
-    def u8(self):
-        v = self.b[self.p]
-        self.p += 1
-        return v
-
-    def u16(self):
-        v = (self.b[self.p] << 8) | self.b[self.p + 1]
-        self.p += 2
-        return v
-
-    def u32(self):
-        v = struct.unpack_from(">I", self.b, self.p)[0]
-        self.p += 4
-        return v
-
-    def raw(self, n):
-        v = bytes(self.b[self.p:self.p + n])
-        if len(v) != n:
-            raise ValueError("field runs past the record")
-        self.p += n
-        return v
-
-    def s(self):
-        return str(self.raw(self.u16()), "utf-8")
-
-    def blob(self):
-        return self.raw(self.u32())
-
-
 class Store:
-    def __init__(self, directory, fs=None, max_bytes=262144, sync_ms=1000):
+    def __init__(self, directory, fs=None, max_bytes=262144, sync_ms=1000,
+                 max_record_bytes=_MAX_RECORD_BYTES):
         self.dir = directory
         self.fs = fs if fs is not None else OSFS()
         self.max_bytes = max_bytes      # store_max_bytes
         self.sync_ms = sync_ms          # store_sync_ms
+        # a record length read from flash above this is damage, never an
+        # allocation (server.py passes max_packet_size + 64)
+        self.max_record_bytes = max_record_bytes
         self.snap = directory + "/" + _SNAP
         self.tmp = directory + "/" + _TMP
         self.gen = 1                    # snapshot generation; bumps on compaction
@@ -137,14 +142,19 @@ class Store:
         self._retain = {}               # topic -> (qos, payload): coalesced retained updates
         self._urgent = False            # something acknowledged waits in the buffer
         self._since_ms = -1             # broker ms of the oldest unwritten record
+        self._at = directory            # path of the file operation under way (for messages)
         # figures for $SYS and the wear report
         self.bytes_written = 0
         self.commits = 0
         self.compactions = 0
-        self.damaged_records = 0
+        self.damaged_records = 0        # records not loaded: bad CRC or length, torn, not applicable
+        self.damaged_files = 0          # files moved aside to <name>.damaged
+        self.missing_segments = 0       # gaps in the journal (and a missing midge.snap)
         self.errors = 0
         self.opened = False             # False while loading: replay writes no records
-        self._resync = False            # a write failed: flash must be rewritten from memory
+        self._resync = False            # flash must be rewritten from memory
+        self._count = 0                 # records applied while loading
+        self._segs = None               # while loading: state of segments base.. (storeload)
 
     # --- recording (called by the broker as state changes) ---------------------
 
@@ -166,7 +176,8 @@ class Store:
     def _sid(self, s):
         """The session's number in records: 4 bytes instead of its client
         id, so that a commit stays small enough for littlefs to keep it
-        inline (a queued 64-byte message: about 110 bytes in all)."""
+        inline (a queued 64-byte message: about 110 bytes of records, 130
+        with the segment header)."""
         return struct.pack(">I", s.sid)
 
     def _msg_ref(self, msg, fresh=False):
@@ -240,6 +251,12 @@ class Store:
     def will_del(self, s):
         self._rec(R_WILL_DEL, self._sid(s))
 
+    def mark_resync(self):
+        """Memory no longer matches flash (e.g. a MemoryError struck between
+        a state change and its record): the next commit rewrites the store
+        from memory by compaction (urgent: before anything more leaves)."""
+        self._resync = True
+        self._urgent = True
 
     # --- writing -------------------------------------------------------------------
 
@@ -250,7 +267,7 @@ class Store:
         """Write and sync buffered records if one backs an acknowledgement,
         the oldest waited store_sync_ms, or the buffer is large. Then
         compact if the log passed half of store_max_bytes."""
-        if not self._buf and not self._retain:
+        if not self._buf and not self._retain and not (self._resync and self._urgent):
             self._urgent = False
             return
         if self._since_ms < 0:
@@ -262,25 +279,29 @@ class Store:
         if self._resync:
             self._recover(broker)
             return
+        # one new small file per commit, header + records in one write and
+        # one sync: littlefs keeps a file of up to its inline size (128 bytes
+        # on the boards) inside the directory's metadata log, where a commit
+        # costs a metadata append; appending to a synced file would copy and
+        # erase its last block every time (measured: tools/wear.py)
         data = self._buf
+        head = b"MIDJ\x02\x00\x00\x00" + struct.pack(">I", self.seq) + struct.pack(">I", self.base)
+        data[0:0] = head + struct.pack(">I", binascii.crc32(head) & 0xFFFFFFFF)
         try:
-            # one new small file per commit: littlefs keeps a file of up to
-            # its inline size (128 bytes on the boards) inside the directory's
-            # metadata log, where a commit costs a metadata append; appending
-            # to a synced file would copy and erase its last block every time
-            # (measured: tools/wear.py)
-            f = self.fs.open(self._seg(self.seq), "wb")
+            self._at = self._seg(self.seq)
+            f = self.fs.open(self._at, "wb")
             try:
                 f.write(data)
                 self.fs.sync(f)
             finally:
                 f.close()
-            self.seq += 1
-            self._journal += len(data)
-            self.bytes_written += len(data)
-            self.commits += 1
         except OSError as e:
             self._failed(e)  # raises StoreWriteError if an acknowledgement waits on it
+            return
+        self.seq += 1
+        self._journal += len(data)
+        self.bytes_written += len(data)
+        self.commits += 1
         self._buf = bytearray()
         self._urgent = False
         self._since_ms = -1
@@ -291,23 +312,28 @@ class Store:
         if ((j >= self._snap_size and j >= _MIN_JOURNAL_BYTES)
                 or self.seq - self.base >= _MAX_SEGMENTS
                 or self._snap_size + j > self.max_bytes // 2):
-            self.compact(broker)
-            self._fit(broker)
+            try:
+                self.compact(broker)
+                self._fit(broker)
+            except OSError as e:
+                self._failed(e)  # the commit itself is durable: nothing is raised
 
     def _failed(self, e):
         """A write failed (flash full or failing). Memory keeps the state;
         the flash no longer matches it, so the next commit rewrites it by
         compaction instead of appending. If the buffer backed an
-        acknowledgement, StoreWriteError tells the caller not to send it."""
+        acknowledgement, StoreWriteError tells the caller not to send it.
+        Nothing on flash is deleted here."""
         self.errors += 1
         self._resync = True
         urgent = self._urgent
         self._buf = bytearray()
         self._urgent = False
         self._since_ms = -1
-        log.error("store write failed: %s", e)
+        msg = "store write failed: %s: %s" % (self._at, _errtext(e))
+        log.error(msg)
         if urgent:
-            raise StoreWriteError("store write failed: %s" % e)
+            raise StoreWriteError(msg)
 
     def _recover(self, broker):
         """After a failed write: a compaction makes the flash match memory."""
@@ -330,12 +356,15 @@ class Store:
 
     def _fit(self, broker):
         """store_max_bytes: while the compacted log is still over half of
-        it, drop the least recently seen offline persistent session."""
+        it, drop an offline persistent session: the one holding the most
+        queued bytes (whoever fills the flash pays, README "Fair caps"), or
+        if none holds any, the least recently seen."""
         while self._snap_size > self.max_bytes // 2:
             victim = None
             for s in broker.sessions.values():
                 if not s.clean and s.conn is None and (
-                        victim is None or s.last_seen_ms < victim.last_seen_ms):
+                        victim is None or s.queued_bytes > victim.queued_bytes
+                        or (s.queued_bytes == victim.queued_bytes and s.last_seen_ms < victim.last_seen_ms)):
                     victim = s
             if victim is None:
                 log.warning("store: live state of %d bytes is over half of store_max_bytes", self._snap_size)
@@ -355,28 +384,39 @@ class Store:
 
     # --- compaction ----------------------------------------------------------------
 
-    def compact(self, broker):
+    def compact(self, broker, callback=None):
         """Write the live state as a new snapshot (covering every journal
         segment so far), rename it over the old one, then delete those
         segments. A crash before the rename leaves the old snapshot and the
         journal; after it, the new snapshot, whose base number says which
-        leftover segments to ignore."""
+        leftover segments to ignore. `callback()` (loading only) runs once
+        the new snapshot is synced and before the rename: it moves damaged
+        files aside, so none of them is deleted by the loop below."""
         self.gen += 1
         self._buf = bytearray()
         self._retain = {}
         fs = self.fs
-        f = fs.open(self.tmp, "wb")
+        self._at = self.tmp
         written = 0
         try:
-            head = _HEADER + struct.pack(">I", self.seq)
-            f.write(head)
-            written += len(head)
-            for part in self._snapshot(broker):
-                f.write(part)
-                written += len(part)
-            fs.sync(f)
-        finally:
-            f.close()
+            f = fs.open(self.tmp, "wb")
+            try:
+                head = b"MIDG\x02\x00\x00\x00" + struct.pack(">I", self.seq)
+                head += struct.pack(">I", binascii.crc32(head) & 0xFFFFFFFF)
+                f.write(head)
+                written = len(head)
+                for part in self._snapshot(broker):
+                    f.write(part)
+                    written += len(part)
+                fs.sync(f)
+            finally:
+                f.close()
+        except OSError:
+            fs.remove(self.tmp)  # a partial snapshot of our own: free its space
+            raise
+        if callback is not None:
+            callback()
+        self._at = self.snap
         fs.rename(self.tmp, self.snap)
         for k in range(self.base, self.seq):
             fs.remove(self._seg(k))
@@ -433,208 +473,21 @@ class Store:
     # --- loading -------------------------------------------------------------------
 
     def open(self, broker):
-        """Load the snapshot and the journal after it into the broker, then
-        compact. Called once, before the listener starts."""
-        fs = self.fs
-        fs.mkdir(self.dir)
-        fs.remove(self.tmp)  # a compaction that did not reach its rename
-        wills = []
-        if fs.size(self.snap) >= 0:
-            msgs = {}
-            online = {}
-            ok, records = self._load_snapshot(broker, msgs, online)
-            base = self.base
-            seq = base
-            while ok and fs.size(self._seg(seq)) >= 0:
-                ok, n = self._load_file(self._seg(seq), 0, broker, msgs, online)
-                records += n
-                seq += 1
-            if not ok:
-                self.damaged_records += 1
-                log.warning("store: damaged record discarded (torn or corrupt write); "
-                            "state restored up to it")
-            log.info("store %s: %d records loaded", self.dir, records)
-            for s in online:
-                if broker.sessions.get(s.client_id) is s:
-                    wills.append(online[s])
-            self._sids = {}
-            self._remove_stale(base, seq)
-            self.seq = seq
-            self.compact(broker)  # a clean snapshot; deletes the journal
-            self._fit(broker)
-        else:
-            self._remove_stale(0, 0)  # segments without a snapshot are not state
-            self.compact(broker)  # a new store, created by rename like any other
+        """Load the snapshot and the journal after it into the broker, move
+        damaged files aside, then compact (storeload.py). Called once, before
+        the listener starts. Returns the wills of sessions that were
+        connected. Raises StoreError (naming the path) when the store cannot
+        be used. The loader's code is dropped again afterwards: a board
+        needs its heap for the clients."""
+        from . import storeload
+        try:
+            wills = storeload.open_store(self, broker)
+        finally:
+            unload("midge.storeload")
         self.opened = True
         return wills
-
-    def _remove_stale(self, first, end):
-        """Delete every journal segment outside [first, end): left by a
-        compaction that did not finish deleting, or after a damaged or
-        missing segment, so no later open can mistake it for state."""
-        fs = self.fs
-        for name in fs.listdir(self.dir):
-            num = name[len(_SEG):]
-            if name.startswith(_SEG) and num.isdigit():
-                n = int(num)
-                if n < first or n >= end:
-                    fs.remove(self.dir + "/" + name)
-
-    def _load_snapshot(self, broker, msgs, online):
-        """Check the header, read the base segment number, replay records."""
-        f = self.fs.open(self.snap, "rb")
-        try:
-            head = f.read(12)
-        finally:
-            f.close()
-        if len(head) < 5 or head[:4] != MAGIC:
-            raise StoreError("%s is not a midge store (bad magic)" % self.snap)
-        if head[4] != VERSION:
-            raise StoreError("%s has store version %d; this midge reads version %d"
-                             % (self.snap, head[4], VERSION))
-        if len(head) < 12:
-            raise StoreError("%s: header cut short" % self.snap)
-        self.base = struct.unpack_from(">I", head, 8)[0]
-        return self._load_file(self.snap, 12, broker, msgs, online)
-
-    def _load_file(self, path, skip, broker, msgs, online):
-        """Replay the records of one file, one record in memory at a time.
-        Returns (True if the file ended cleanly, records applied)."""
-        fs = self.fs
-        total = fs.size(path)
-        f = fs.open(path, "rb")
-        count = 0
-        try:
-            if skip:
-                f.read(skip)
-            pos = skip
-            while pos < total:
-                hdr = f.read(5)
-                if len(hdr) < 5:
-                    return False, count
-                n, rtype = struct.unpack(">IB", hdr)
-                if n < 1 or pos + 4 + n + 4 > total:
-                    return False, count  # torn: length runs past the end
-                body = f.read(n - 1)
-                crc = f.read(4)
-                if len(body) != n - 1 or len(crc) != 4:
-                    return False, count
-                if binascii.crc32(body, binascii.crc32(hdr)) & 0xFFFFFFFF != struct.unpack(">I", crc)[0]:
-                    return False, count
-                try:
-                    self._apply(broker, rtype, _Reader(body), msgs, online)
-                except (ValueError, IndexError, KeyError, UnicodeError) as e:
-                    log.warning("store: record %d of %s (type %d) not applied: %r", count, path, rtype, e)
-                    return False, count
-                pos += 4 + n + 4
-                count += 1
-        finally:
-            f.close()
-        return True, count
-
-    def _apply(self, broker, rtype, r, msgs, online):
-        if rtype == R_RETAIN:
-            topic = r.s()
-            qos = r.u8()
-            payload = r.blob()
-            broker.restore_retained(Message(topic, payload, qos, True))
-            return
-        if rtype == R_MSG:
-            mid = r.u32()
-            topic = r.s()
-            qos = r.u8()
-            msg = Message(topic, r.blob(), qos, False)
-            msg.mid = mid
-            msg.store_gen = self.gen
-            msgs[mid] = [msg, 0]  # [message, references from queues and inflight windows]
-            if mid >= self._next_mid:
-                self._next_mid = mid + 1
-            return
-        sid = r.u32()
-        if rtype == R_SESSION:
-            cid = r.s()
-            s = broker.sessions.get(cid)
-            if s is None:
-                s = broker.sessions[cid] = Session(cid, False, broker.now_ms())
-            s.sid = sid
-            self._sids[sid] = s
-            if sid >= self._next_sid:
-                self._next_sid = sid + 1
-            return
-        s = self._sids[sid]
-        if rtype == R_SESSION_DEL:
-            for msg, qos in s.queue:
-                _unref(msgs, msg)
-            for e in s.inflight:
-                _unref(msgs, e[1])
-            broker.drop_session(s)
-            del self._sids[sid]
-            online.pop(s, None)
-        elif rtype == R_SUB:
-            filt = r.s()
-            broker.restore_sub(s, filt, r.u8())
-        elif rtype == R_UNSUB:
-            broker.restore_unsub(s, r.s())
-        elif rtype == R_QUEUE:
-            msg = _ref(msgs, r.u32())
-            broker.restore_queue(s, msg, r.u8())
-        elif rtype == R_DROP:
-            msg, qos = broker.dequeue(s)
-            _unref(msgs, msg)
-        elif rtype == R_SEND:
-            msg, qos = broker.dequeue(s)
-            s.add_inflight([r.u16(), msg, qos, False, AWAIT_ACK])
-        elif rtype == R_INFLIGHT:
-            msg = _ref(msgs, r.u32())
-            pid = r.u16()
-            qos = r.u8()
-            s.add_inflight([pid, msg, qos, bool(r.u8()), AWAIT_ACK])
-        elif rtype == R_INFLIGHT_COMP:
-            s.add_inflight([r.u16(), None, 2, False, AWAIT_COMP])
-        elif rtype == R_COMP:
-            e = s.find_inflight(r.u16())
-            if e is not None:
-                e[4] = AWAIT_COMP
-                _unref(msgs, e[1])
-                e[1] = None
-        elif rtype == R_DONE:
-            e = s.find_inflight(r.u16())
-            if e is not None:
-                s.drop_inflight(e)
-                _unref(msgs, e[1])
-        elif rtype == R_IN2_ADD:
-            s.add_in_qos2(r.u16())
-        elif rtype == R_IN2_DEL:
-            s.drop_in_qos2(r.u16())
-        elif rtype == R_WILL:
-            topic = r.s()
-            qos = r.u8()
-            retain = bool(r.u8())
-            online[s] = Message(topic, r.blob(), qos, retain)
-        elif rtype == R_WILL_DEL:
-            online.pop(s, None)
-        else:
-            raise ValueError("unknown record type %d" % rtype)
 
     def close(self):
         """Nothing stays open between commits; kept for the broker's stop."""
 
 
-# Loading keeps a message body only while a queue or inflight window refers
-# to it, so a log full of delivered messages loads in the heap of the live
-# state, not of everything the log ever held.
-
-def _ref(msgs, mid):
-    e = msgs[mid]
-    e[1] += 1
-    return e[0]
-
-
-def _unref(msgs, msg):
-    if msg is None:
-        return
-    e = msgs.get(msg.mid)
-    if e is not None:
-        e[1] -= 1
-        if e[1] <= 0:
-            del msgs[msg.mid]

@@ -23,6 +23,7 @@ def snapshot(broker):
         ("$SYS/broker/subscriptions/count", str(broker.subs.count)),
         ("$SYS/broker/heap/free", str(mem_free())),
         ("$SYS/broker/heap/alloc", str(mem_alloc())),
+        ("$SYS/broker/heap/shedding", str(broker.heap.level)),
     ]
     store = broker.store
     if store is not None:
@@ -31,6 +32,8 @@ def snapshot(broker):
         items.append(("$SYS/broker/store/commits", str(store.commits)))
         items.append(("$SYS/broker/store/compactions", str(store.compactions)))
         items.append(("$SYS/broker/store/damaged_records", str(store.damaged_records)))
+        items.append(("$SYS/broker/store/damaged_files", str(store.damaged_files)))
+        items.append(("$SYS/broker/store/missing_segments", str(store.missing_segments)))
         items.append(("$SYS/broker/store/errors", str(store.errors)))
     c = broker.counters
     for name in c:

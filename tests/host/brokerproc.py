@@ -6,6 +6,9 @@
 #         --host 127.0.0.1 --port P [--config FILE.json]
 # Env MIDGE_TEST_INTERP=cpython runs it under this CPython instead (for
 # debugging); env MIDGE_MICROPYTHON names a micropython binary explicitly.
+# BrokerProc(..., bundle=True) runs MicroPython on the .mpy bundle built by
+# tools/build_mpy.py (what a board runs; a 200k heap is too small to
+# compile the source once a store is on).
 #
 # stdout and stderr go to <workdir>/broker.log. stop() reports (as a string)
 # a broker that died on its own before the test ended (the broker must
@@ -50,6 +53,26 @@ def find_micropython():
     return shutil.which("micropython")
 
 
+def midge_command(interp, args, heapsize="400k", bundle=False):
+    """(argv, env) that run `-m midge ARGS` under interp ("micropython":
+    the unix port with -X heapsize, from lib/ or, bundle=True, from the .mpy
+    bundle a board runs; "cpython": this interpreter). Raises BrokerError
+    when micropython is missing (tests fail under CI=true, else skip)."""
+    env = dict(os.environ)
+    if interp == "cpython":
+        env["PYTHONPATH"] = os.path.join(REPO, "lib")
+        return [sys.executable, "-m", "midge"] + list(args), env
+    mp = find_micropython()
+    if mp is None:
+        raise BrokerError("micropython not found")
+    if bundle:
+        import build_mpy  # tools/ is on sys.path (above)
+        env["MICROPYPATH"] = ".frozen:" + build_mpy.build()
+    else:
+        env["MICROPYPATH"] = ".frozen:" + os.path.join(REPO, "lib")
+    return [mp, "-X", "heapsize=" + str(heapsize), "-m", "midge"] + list(args), env
+
+
 def interpreter():
     """'cpython' or 'micropython' (env MIDGE_TEST_INTERP)."""
     return "cpython" if os.environ.get("MIDGE_TEST_INTERP", "").lower() == "cpython" else "micropython"
@@ -68,9 +91,10 @@ class BrokerError(Exception):
 
 
 class BrokerProc:
-    def __init__(self, config=None, heapsize="400k", workdir=None, port=None):
+    def __init__(self, config=None, heapsize="400k", workdir=None, port=None, bundle=False):
         self.config = dict(config or {})
         self.heapsize = heapsize
+        self.bundle = bundle     # MicroPython: run the .mpy bundle (tools/build_mpy.py), as a board does
         self.workdir = workdir or os.path.join("/tmp", "midge-test-%d" % os.getpid())
         self.host = HOST
         self.port = port or free_port()
@@ -83,22 +107,15 @@ class BrokerProc:
         self.ended = False       # the current run was ended by sigkill()/sigterm()
 
     def command(self):
-        args = ["-m", "midge", "--host", self.host, "--port", str(self.port)]
+        args = ["--host", self.host, "--port", str(self.port)]
         if self.config:
             path = os.path.join(str(self.workdir), "config.json")
             with open(path, "w") as f:
                 json.dump(self.config, f)
             args += ["--config", path]
-        env = dict(os.environ)
-        if interpreter() == "cpython":
-            env["PYTHONPATH"] = os.path.join(REPO, "lib")
-            env["PYTHONUNBUFFERED"] = "1"
-            return [sys.executable] + args, env
-        mp = find_micropython()
-        if mp is None:
-            raise BrokerError("micropython not found")
-        env["MICROPYPATH"] = ".frozen:" + os.path.join(REPO, "lib")
-        return [mp, "-X", "heapsize=" + str(self.heapsize)] + args, env
+        cmd, env = midge_command(interpreter(), args, self.heapsize, self.bundle)
+        env["PYTHONUNBUFFERED"] = "1"
+        return cmd, env
 
     def start(self, timeout=10.0):
         os.makedirs(str(self.workdir), exist_ok=True)

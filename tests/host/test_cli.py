@@ -5,7 +5,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
@@ -17,22 +16,12 @@ REPO = brokerproc.REPO
 
 
 def _cmd(interp, args, heapsize="400k", bundle=False):
-    env = dict(os.environ)
-    if interp == "micropython":
-        mp = brokerproc.find_micropython()
-        if mp is None:
-            if os.environ.get("CI") == "true":
-                pytest.fail("micropython not found (CI)")
-            pytest.skip("micropython not found")
-        if bundle:  # the .mpy bundle, as a board runs it
-            sys.path.insert(0, os.path.join(REPO, "tools"))
-            import build_mpy
-            env["MICROPYPATH"] = ".frozen:" + build_mpy.build()
-        else:
-            env["MICROPYPATH"] = ".frozen:" + os.path.join(REPO, "lib")
-        return [mp, "-X", "heapsize=" + heapsize, "-m", "midge"] + args, env
-    env["PYTHONPATH"] = os.path.join(REPO, "lib")
-    return [sys.executable, "-m", "midge"] + args, env
+    try:
+        return brokerproc.midge_command(interp, args, heapsize, bundle)
+    except brokerproc.BrokerError as e:
+        if os.environ.get("CI") == "true":
+            pytest.fail("%s (CI)" % e)
+        pytest.skip(str(e))
 
 
 def _run(interp, args, timeout=10):
@@ -160,3 +149,46 @@ def test_esp32_budget_full_house(tmp_path):
             c.close()
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("interp", INTERPS)
+def test_host_that_does_not_resolve_exits_2(interp):
+    r = _run(interp, ["--host", "nonsense.invalid", "--port", "0"])
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "config key 'host'" in r.stderr and "nonsense.invalid" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("interp", INTERPS)
+def test_host_this_machine_cannot_bind_exits_2(interp):
+    # 192.0.2.1 (TEST-NET-1) resolves but is no address of this machine:
+    # bind fails in Server.run, which raises ConfigError naming the key.
+    r = _run(interp, ["--host", "192.0.2.1", "--port", "0"])
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "'host'" in r.stderr and "192.0.2.1" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("interp", INTERPS)
+def test_json_config_is_strict_on_both(interp, tmp_path):
+    # MicroPython's json module accepted this trailing comma; CPython's not.
+    cfg = tmp_path / "trailing.json"
+    cfg.write_text('{"max_clients": 5,}')
+    r = _run(interp, ["--port", "0", "--config", str(cfg)])
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert str(cfg) in r.stderr and "line 1 column 18: trailing comma" in r.stderr, r.stderr
+    cfg = tmp_path / "comment.json"
+    cfg.write_text('{\n  "max_clients": 5 // five\n}\n')
+    r = _run(interp, ["--port", "0", "--config", str(cfg)])
+    assert r.returncode == 2 and str(cfg) in r.stderr and "line 2 column" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("interp", INTERPS)
+def test_oversized_config_file_exits_2(interp, tmp_path):
+    cfg = tmp_path / "big.json"
+    cfg.write_text('{"max_clients": 5' + " " * 100000 + "}")
+    r = _run(interp, ["--port", "0", "--config", str(cfg)])
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert str(cfg) in r.stderr and "larger than 16384 bytes" in r.stderr, r.stderr
+    r = _run(interp, ["--port", "0", "--config", "/dev/zero"])  # endless: still capped
+    assert r.returncode == 2 and "/dev/zero" in r.stderr, r.stderr

@@ -20,7 +20,9 @@ acknowledgement leaves; other records (QoS 0 retained updates, a client's
 PUBACK/PUBCOMP) may wait up to store_sync_ms. Tests that need such a record
 on disk wait longer than store_sync_ms (SYNC_WAIT) before the stop.
 """
+import binascii
 import os
+import struct
 import subprocess
 import threading
 import time
@@ -552,6 +554,8 @@ def test_store_with_wrong_magic_or_version_stops_startup(broker_factory, tmp_pat
             data[0:4] = b"XXXX"
         else:
             data[4] = data[4] + 1      # a version this midge does not read
+        # a header that is intact (its CRC matches): a foreign store, not damage
+        data[12:16] = struct.pack(">I", binascii.crc32(bytes(data[:12])) & 0xFFFFFFFF)
         with open(os.path.join(store, name), "wb") as f:
             f.write(bytes(data))
     damaged = _store_files(b)

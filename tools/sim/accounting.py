@@ -237,7 +237,7 @@ def account(inp):
 
 
 # Caps whose counter explains an owed message that never arrived.
-QUEUE_LOSS_COUNTERS = ("queue_dropped",)
+QUEUE_LOSS_COUNTERS = ("queue_dropped", "heap_dropped")
 SESSION_LOSS_COUNTERS = ("sessions_evicted", "store_evicted", "sessions_expired")
 
 

@@ -20,7 +20,8 @@ CAP_COUNTERS = (
     "clients_refused", "sessions_refused", "sessions_evicted", "queue_dropped", "slow_dropped",
     "slow_disconnects", "retained_refused", "subscriptions_refused", "topic_limit",
     "oversize_packets", "inflight_in_exceeded", "store_evicted", "sessions_expired",
-    "connect_timeouts",
+    "connect_timeouts", "output_overflows", "preconnect_closed", "heap_low", "heap_refused",
+    "heap_dropped",
 )
 BUG_COUNTERS = ("internal_errors", "malformed_packets")
 # CONNACK codes a cap explains (3: server unavailable = max_sessions all online)
@@ -73,6 +74,9 @@ def decide(facts, limits):
         first = hits[0][1]
         degraded.append("caps hit: %s (first: %s at %.1f s)" % (
             ", ".join("%s=%d" % (c, counters[c]) for _, c in hits), first, hits[0][0]))
+    if counters.get("memory_errors"):
+        degraded.append("%d MemoryErrors struck past the heap reserve (each closed the connection "
+                        "whose work caused it)" % counters["memory_errors"])
     if counters.get("keepalive_timeouts"):
         degraded.append("%d keepalive timeouts (clients silent for 1.5 x keepalive)" % counters["keepalive_timeouts"])
     if facts.get("store_errors"):
