@@ -1798,23 +1798,16 @@ def test_giant_record_length_is_damage_not_an_allocation():
             assert exists(d + "/" + seg_name(n) + ".damaged")
             crash(b)
             rmtree(d)
-            # after the snapshot's records: they and the journal load
-            d = env.newdir()
-            write_files(d, files)
-            write_bytes(d + "/" + SNAP, files[SNAP] + head)
-            b, st = _boot_st(env, d)
-            assert _content(b) == full and st.damaged_records == 1 and st.damaged_files == 1
-            crash(b)
-            rmtree(d)
-            # in the middle of a segment: the records before it load
-            d = env.newdir()
-            write_files(d, files)
-            name = seg_name(segs[0])
-            write_bytes(d + "/" + name, files[name] + head)
-            b, st = _boot_st(env, d)
-            assert _content(b) == full and st.damaged_records == 1 and st.damaged_files == 1
-            crash(b)
-            rmtree(d)
+            # after the snapshot's records (they and the journal load), and
+            # in the middle of a segment (the records before it load)
+            for name in (SNAP, seg_name(segs[0])):
+                d = env.newdir()
+                write_files(d, files)
+                write_bytes(d + "/" + name, files[name] + head)
+                b, st = _boot_st(env, d)
+                assert _content(b) == full and st.damaged_records == 1 and st.damaged_files == 1, name
+                crash(b)
+                rmtree(d)
         # the cap is max_record_bytes: a real record above it is refused too
         d = env.newdir()
         write_files(d, files)

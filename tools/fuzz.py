@@ -1175,11 +1175,7 @@ def fuzz(args):
         print("fuzz: --concurrency %d is more than max_clients %d of board %s minus one (the checker)"
               % (args.concurrency, max_clients, args.board), file=sys.stderr)
         return 2
-    try:
-        b.build()
-        b.start()
-    except (RuntimeError, subprocess.CalledProcessError) as e:
-        print("fuzz: %s" % e, file=sys.stderr)
+    if not _start(b):
         return 2
     ctx = Context(args, b)
     chk = Checker(b, sys.stdout)
@@ -1380,15 +1376,23 @@ def show(args):
     return 0
 
 
+def _start(b):
+    """Build the bundle and start the broker; False (said on stderr) if
+    either fails."""
+    try:
+        b.build()
+        b.start()
+        return True
+    except (RuntimeError, subprocess.CalledProcessError) as e:
+        print("fuzz: %s" % e, file=sys.stderr)
+        return False
+
+
 def replay(args):
     seed, n = _parse_ref(args.replay)
     workdir = args.keep or tempfile.mkdtemp(prefix="midge-fuzz-replay-")
     b = Broker(workdir, args.board, args.heapsize)
-    try:
-        b.build()
-        b.start()
-    except (RuntimeError, subprocess.CalledProcessError) as e:
-        print("fuzz: %s" % e, file=sys.stderr)
+    if not _start(b):
         return 2
     case = fuzzlib.make_case(seed, n, max_packet=int(b.cfg.get("max_packet_size", 4096)))
     case.connect_timeout_s = int(b.cfg.get("connect_timeout_ms", 5000)) / 1000.0
