@@ -795,24 +795,38 @@ class Broker:
     # --- time --------------------------------------------------------------------------
 
     def tick(self):
-        """Once or more a second: keepalive [MQTT-3.1.2-24] and $SYS."""
+        """Once or more a second: keepalive [MQTT-3.1.2-24] and $SYS.
+        The sessions are scanned in place, never copied (a copy would be
+        an allocation the size of the sessions table at every tick, and
+        one a stale word on the stack could keep alive: MicroPython's
+        collector is conservative). What must be dropped is gathered
+        first, since dropping changes the dict; that is rare."""
         up = self.now_ms()
         now = self._last_ticks
-        for s in list(self.sessions.values()):
+        late = None
+        for s in self.sessions.values():
             conn = s.conn
-            if conn is None or not conn.keepalive_ms:
-                continue
             # last_rx_ms is in ticks; keepalive <= 65535 s * 1.5 fits in half
             # the ticks period
-            if ticks_diff(now, conn.last_rx_ms) > conn.keepalive_ms * 3 // 2:
+            if conn is not None and conn.keepalive_ms and \
+                    ticks_diff(now, conn.last_rx_ms) > conn.keepalive_ms * 3 // 2:
+                late = _gather(late, s)
+        while late:
+            s = late.pop()
+            conn = s.conn
+            if conn is not None:
                 self.count("keepalive_timeouts")
                 log.info("client %s keepalive timeout", s.client_id)
                 self.detach(conn, False)
                 conn.close()
         expiry_ms = self.cfg["session_expiry_s"] * 1000
         if expiry_ms:
-            for s in list(self.sessions.values()):
+            for s in self.sessions.values():
                 if s.conn is None and up - s.last_seen_ms > expiry_ms:
+                    late = _gather(late, s)
+            while late:
+                s = late.pop()
+                if self.sessions.get(s.client_id) is s:
                     self.count("sessions_expired")
                     log.info("session %s expired", s.client_id)
                     self.drop_session(s)
@@ -823,6 +837,14 @@ class Broker:
 
     def uptime_s(self):
         return self.now_ms() // 1000
+
+
+def _gather(found, item):
+    """found (a list, made on first use) with item appended."""
+    if found is None:
+        found = []
+    found.append(item)
+    return found
 
 
 def _send_publish(conn, head, msg):
