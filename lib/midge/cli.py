@@ -15,6 +15,7 @@ USAGE = """usage: midge [--host HOST] [--port PORT] [--config FILE.json] [--boar
   --port PORT        TCP port (default 1883)
   --config FILE      JSON object of config keys (see README, configuration reference)
   --board NAME       apply boards/NAME/board.json budgets before --config
+                     (default: host, the caps of a PC)
   --store DIR        keep retained messages and persistent sessions in DIR (store_dir)
   --log-level LEVEL  debug, info, warning, error or off"""
 
@@ -43,6 +44,22 @@ def load_board(name):
             raise ConfigError("board %s: 'config' must be an object" % name)
         return cfg
     raise ConfigError("unknown board '%s' (looked in %s)" % (name, ", ".join(_boards_dirs())))
+
+
+HOST_PROFILE = "host"  # boards/host/board.json: the caps of a PC, used without --board
+
+
+def _profile(board):
+    """(board config or None, the profile as the start-up line names it).
+    Without --board the command line runs on a PC (a board starts through
+    firmware/midge_hub.py, not here), so the host profile applies; if its
+    file is not found, the built-in defaults (device-sized) do."""
+    if board:
+        return load_board(board), "%s (--board %s)" % (board, board)
+    try:
+        return load_board(HOST_PROFILE), "%s (no --board: a PC's caps; --board NAME for a device's)" % HOST_PROFILE
+    except ConfigError:
+        return None, "generic (no --board and no boards/host/board.json: the built-in, device-sized defaults)"
 
 
 def parse_args(argv):
@@ -115,7 +132,7 @@ def configure(argv):
     store directory."""
     try:
         cli, board, config_path = parse_args(argv)
-        board_cfg = load_board(board) if board else None
+        board_cfg, profile = _profile(board)
         file_cfg = read_json(config_path) if config_path else None
         cfg = load_config(board_cfg, file_cfg, cli)
         check_host(cfg)
@@ -125,8 +142,7 @@ def configure(argv):
     if cfg["store_dir"]:  # a missing parent, a file, a read-only directory: exit 2 naming it
         _check_store_dir(cfg["store_dir"])
     log.set_level(cfg["log_level"])
-    if board:
-        log.info("board %s", board)
+    log.info("profile %s", profile)
     log.info("caps: " + ", ".join("%s=%s" % (k, cfg[k]) for k in sorted(cfg) if k.startswith("max_")))
     if cfg["store_dir"]:
         log.info("store: %s (max %d bytes, sync within %d ms)", cfg["store_dir"],

@@ -70,3 +70,13 @@ def broker_factory(tmp_path, request):
 @pytest.fixture
 def broker(broker_factory):
     return broker_factory()
+
+
+@pytest.fixture
+def boards():
+    """Emulated boards a test starts (test_board_emulation.Board): stopped
+    at the end of the test, however it ends."""
+    started = []
+    yield started
+    for b in started:
+        b.stop()

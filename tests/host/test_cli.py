@@ -93,7 +93,7 @@ def test_board_budget_applied_and_sigterm_stops(interp):
     proc, lines = _start(interp, ["--board", "pico_w", "--port", str(port)])
     try:
         text = "".join(lines)
-        assert "board pico_w" in text
+        assert "profile pico_w (--board pico_w)" in text
         assert "max_clients=4" in text and "max_packet_size=2048" in text, text
         assert "in memory only" in text
         with RawClient("127.0.0.1", port) as c:

@@ -1,6 +1,13 @@
 # CONNECT / CONNACK / takeover / PINGREQ / DISCONNECT over a real socket
 # (MQTT 3.1.1 sections 3.1, 3.2, 3.12, 3.14; README.md "CONNECT", "Takeover").
+import json
+import os
+
 import mqttspec as m
+from brokerproc import REPO
+
+with open(os.path.join(REPO, "boards", "host", "board.json")) as _f:
+    HOST_PROFILE = json.load(_f)["config"]  # brokers started without --board run with it
 
 
 def test_connect_accepted_exact_connack(broker):
@@ -76,15 +83,17 @@ def test_empty_client_id_clean1_gets_assigned_id(broker):
 
 def test_client_id_lengths(broker):
     # [MQTT-3.1.3-5]: 1..23 bytes of [0-9a-zA-Z] must be accepted; midge
-    # accepts up to max_client_id_length (default 64), longer gets rc 2.
+    # accepts up to max_client_id_length (the host profile the fixture's
+    # broker runs with: 256), longer gets rc 2.
+    cap = HOST_PROFILE["max_client_id_length"]
     ok23 = "abcdefghijklmnopqrstuvw"
     assert len(ok23) == 23
     c = broker.client(ok23)
     assert c.is_open()
-    c64 = broker.client("x" * 64)
+    c64 = broker.client("x" * cap)
     assert c64.is_open()
     c = broker.raw()
-    ack = c.handshake("y" * 65)
+    ack = c.handshake("y" * (cap + 1))
     assert ack["rc"] == m.RC_ID_REJECTED
     assert c.closed(2.0)
     # UTF-8 client ids are allowed too.

@@ -58,7 +58,7 @@ AFTER_CONNECT = [
     ("puback_too_short", packet(0x40, b"\x01"), "3.4.1 remaining length 2"),
     ("pingreq_with_body", packet(0xC0, b"\x00"), "3.12 no variable header"),
     ("disconnect_with_body", packet(0xE0, b"\x00"), "3.14 no variable header"),
-    ("oversize_header_only", b"\x30" + m.encode_remaining_length(100000), "max_packet_size"),
+    ("oversize_header_only", b"\x30" + m.encode_remaining_length(268435455), "max_packet_size"),
 ]
 
 # Sent as the first packet of a connection. (id, bytes, spec rule)
