@@ -1,5 +1,5 @@
 # midge.broker: the core without sockets, driven through the connection
-# interface with FakeConn (tests/fakeconn.py) and an injected clock.
+# interface with FakeConn (tools/fakeconn.py) and an injected clock.
 import mqttspec as m
 from fakeconn import (
     Clock, FakeConn, wrap_start, make_broker, mkconnect, connect, join, sub, pub,

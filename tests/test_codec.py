@@ -1,5 +1,5 @@
 # midge.codec against the MQTT 3.1.1 spec. Packets are built with the
-# independent tests/mqttspec.py and encoder output is parsed by it: never
+# independent tools/mqttspec.py and encoder output is parsed by it: never
 # midge.codec against itself.
 import mqttspec as m
 from midge import codec

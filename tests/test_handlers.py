@@ -1,4 +1,4 @@
-# midge.handlers: raw packets (built with tests/mqttspec.py) through
+# midge.handlers: raw packets (built with tools/mqttspec.py) through
 # handlers.handle, replies parsed with mqttspec.
 import mqttspec as m
 from fakeconn import FakeConn, make_broker, frames, publishes, payloads, raises_protocol

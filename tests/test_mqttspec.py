@@ -1,4 +1,4 @@
-# Self-checks of the test-side MQTT 3.1.1 codec (tests/mqttspec.py) against
+# Self-checks of the test-side MQTT 3.1.1 codec (tools/mqttspec.py) against
 # byte strings taken from the OASIS MQTT 3.1.1 specification. Shared test:
 # runs under pytest on CPython and under the MicroPython runner.
 import mqttspec as m

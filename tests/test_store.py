@@ -1,5 +1,5 @@
 # midge.store: the flash store, driven through a real Broker. Packets are
-# built with tests/mqttspec.py and handed to handlers.handle as the
+# built with tools/mqttspec.py and handed to handlers.handle as the
 # connection layer does; broker.commit() is called where Connection calls
 # it (after each handled chunk, after a detach) and where the server calls
 # it (after each tick). A "crash" drops what the store buffered without

@@ -2,7 +2,7 @@
 # to run UNDER MicroPython (unix port); it also runs on CPython, which is
 # handy for debugging the runner itself.
 #
-#   MICROPYPATH=.frozen:lib:tests micropython -X heapsize=2M tools/mptest.py [options] [files or dirs...]
+#   MICROPYPATH=.frozen:lib:tests:tools micropython -X heapsize=2M tools/mptest.py [options] [files or dirs...]
 #
 #   (no paths)     every tests/test_*.py (top level only; tests/host/ is CPython-only)
 #   DIR            every DIR/test_*.py (not recursive)
@@ -261,8 +261,9 @@ def main(argv):
         i += 1
 
     root = _repo_root()
-    # Make `import midge` and `import mqttspec` work without MICROPYPATH too.
-    for p in (_join(root, "tests"), _join(root, "lib")):
+    # Make `import midge`, `import mqttspec` and `import fakeconn` (tools/)
+    # work without MICROPYPATH too.
+    for p in (_join(root, "tests"), _join(root, "lib"), _join(root, "tools")):
         if p not in sys.path:
             sys.path.append(p)
     if not paths:

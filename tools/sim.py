@@ -9,12 +9,9 @@ report, writes report.txt, report.json and chart.png. The code is in
 tools/sim/ (see tools/sim/__init__.py); the scenario format is in README.md,
 "Host simulator".
 """
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from sim.cli import main  # noqa: E402  (the package tools/sim/, not this file)
+from sim.cli import main  # the package tools/sim/, not this file
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -39,7 +39,7 @@ fi
 echo "==== micropython (-X heapsize=$MP_HEAPSIZE): tests/test_*.py"
 mp_log="$RESULTS/micropython.log"
 # shellcheck disable=SC2086  # MPTEST_ARGS is split on purpose
-MICROPYPATH=.frozen:lib:tests timeout "$MP_TIMEOUT" \
+MICROPYPATH=.frozen:lib:tests:tools timeout "$MP_TIMEOUT" \
     .venv/bin/micropython -X "heapsize=$MP_HEAPSIZE" tools/mptest.py ${MPTEST_ARGS:-} tests 2>&1 \
     | tee "$mp_log"
 mp_rc=${PIPESTATUS[0]}

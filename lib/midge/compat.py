@@ -255,7 +255,7 @@ else:
 
 class OSFS:
     """The filesystem the store writes to: the interpreter's own (a
-    directory on the host, littlefs on a board). tools/lfs_fs.py offers the
+    directory on the host, littlefs on a board). tools/measure/lfs_fs.py offers the
     same interface over a littlefs image for wear measurements. Errors are
     OSError; on MicroPython they carry only the errno number."""
 

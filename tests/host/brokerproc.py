@@ -2,7 +2,7 @@
 #
 # By default the broker runs under the MicroPython unix port with a
 # device-like heap cap (-X heapsize=), exactly as README.md documents:
-#     MICROPYPATH=.frozen:<repo>/lib micropython -X heapsize=N -m midge \
+#     MICROPYPATH=<repo>/lib:.frozen micropython -X heapsize=N -m midge \
 #         --host 127.0.0.1 --port P [--config FILE.json]
 # Env MIDGE_TEST_INTERP=cpython runs it under this CPython instead (for
 # debugging); env MIDGE_MICROPYTHON names a micropython binary explicitly.
@@ -24,33 +24,13 @@
 # them for tracebacks.
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if os.path.join(REPO, "tools") not in sys.path:
-    sys.path.insert(0, os.path.join(REPO, "tools"))
-from procutil import signal_and_wait  # noqa: E402
-HOST = "127.0.0.1"
-
-
-def find_micropython():
-    """Path of the micropython binary, or None."""
-    cand = os.environ.get("MIDGE_MICROPYTHON")
-    if cand:
-        return cand if os.path.exists(cand) else None
-    cand = os.path.join(REPO, ".venv", "bin", "micropython")
-    if os.path.exists(cand):
-        return cand
-    # The venv that runs pytest (pinned requirements include micropython).
-    cand = os.path.join(os.path.dirname(sys.executable), "micropython")
-    if os.path.exists(cand):
-        return cand
-    return shutil.which("micropython")
+from hostlib import HOST, ROOT as REPO, find_micropython, free_port, signal_and_wait  # noqa: F401 (used by tests)
+import hostlib
 
 
 def midge_command(interp, args, heapsize="400k", bundle=False):
@@ -58,32 +38,15 @@ def midge_command(interp, args, heapsize="400k", bundle=False):
     the unix port with -X heapsize, from lib/ or, bundle=True, from the .mpy
     bundle a board runs; "cpython": this interpreter). Raises BrokerError
     when micropython is missing (tests fail under CI=true, else skip)."""
-    env = dict(os.environ)
-    if interp == "cpython":
-        env["PYTHONPATH"] = os.path.join(REPO, "lib")
-        return [sys.executable, "-m", "midge"] + list(args), env
-    mp = find_micropython()
-    if mp is None:
-        raise BrokerError("micropython not found")
-    if bundle:
-        import build_mpy  # tools/ is on sys.path (above)
-        env["MICROPYPATH"] = ".frozen:" + build_mpy.build()
-    else:
-        env["MICROPYPATH"] = ".frozen:" + os.path.join(REPO, "lib")
-    return [mp, "-X", "heapsize=" + str(heapsize), "-m", "midge"] + list(args), env
+    try:
+        return hostlib.midge_command(args, interp, heapsize, "mpy" if bundle else "source")
+    except FileNotFoundError as e:
+        raise BrokerError(str(e))
 
 
 def interpreter():
     """'cpython' or 'micropython' (env MIDGE_TEST_INTERP)."""
     return "cpython" if os.environ.get("MIDGE_TEST_INTERP", "").lower() == "cpython" else "micropython"
-
-
-def free_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind((HOST, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class BrokerError(Exception):

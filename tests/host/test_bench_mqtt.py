@@ -1,16 +1,11 @@
 """The benchmark load generator's packet encoding and stream counting
-(tools/bench_mqtt.py), checked against the spec-written tests/mqttspec.py."""
-import os
+(tools/benchmarks/mqtt.py), checked against the spec-written tools/mqttspec.py."""
 import random
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-
-import bench_mqtt as bm  # noqa: E402
-import mqttspec  # noqa: E402
+from benchmarks import mqtt as bm
+import mqttspec
 
 PAYLOAD = bytes(range(64))
 

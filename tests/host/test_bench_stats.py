@@ -1,13 +1,8 @@
-"""Statistics and target evaluation of the benchmark (tools/bench_stats.py)."""
-import os
-import sys
+"""Statistics and target evaluation of the benchmark (tools/benchmarks/stats.py)."""
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-
-import bench_stats as st  # noqa: E402
+from benchmarks import stats as st
 
 
 def test_median():

@@ -3,14 +3,11 @@ subscriptions, queues, retained) survives SIGKILL and loads again under the
 board's unix heap cap, with everything in it. Figures are printed by
 tools/store_heap.py, not asserted here."""
 import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "tools"))
-import brokerproc  # noqa: E402
-import store_heap  # noqa: E402
+import brokerproc
+from measure import store_heap
 
 
 @pytest.mark.parametrize("board", ["esp32", "pico_w"])

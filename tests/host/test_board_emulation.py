@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 
@@ -20,8 +19,7 @@ import pytest
 from brokerproc import REPO, find_micropython, free_port
 from interop_util import PahoClient
 
-sys.path.insert(0, os.path.join(REPO, "tools"))
-from device import geometry, layout, lfsimage  # noqa: E402
+from device import geometry, layout, lfsimage
 
 EMULATE = os.path.join(REPO, "tools", "device", "emulate.py")
 BOARDS = ("esp32", "pico_w")

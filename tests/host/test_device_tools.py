@@ -16,8 +16,7 @@ from brokerproc import REPO, free_port
 from interop_util import PahoClient
 from test_board_emulation import Board, WORLD, settings_for
 
-sys.path.insert(0, os.path.join(REPO, "tools"))
-from device import deploy_cli, geometry, layout, lfsimage  # noqa: E402
+from device import deploy_cli, geometry, layout, lfsimage
 
 DEPLOY = os.path.join(REPO, "tools", "deploy")
 FLASH = os.path.join(REPO, "tools", "flash")

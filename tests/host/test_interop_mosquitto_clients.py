@@ -8,14 +8,10 @@
 # Every run has -W (timeout) and a process timeout, so a broken broker fails
 # a test instead of hanging. A missing mosquitto_pub/sub skips, or fails
 # under CI=true.
-import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from interop_util import SIGINT, SIGKILL, mosq, mosquitto_pub  # noqa: E402,F401
+from interop_util import SIGINT, SIGKILL, mosq, mosquitto_pub  # noqa: F401
 
 FLAGS = "%r|%q|%t|%p"  # mosquitto_sub -F: retain|qos|topic|payload
 

@@ -5,15 +5,11 @@
 # Spec references are to MQTT 3.1.1 (OASIS); "contract" means
 # README.md. A missing paho-mqtt skips these tests, or fails them
 # under CI=true (interop_util.need).
-import os
-import sys
 import time
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from interop_util import Msg, marker_sync, paho_pool, require_paho  # noqa: E402,F401
+from interop_util import Msg, marker_sync, paho_pool, require_paho  # noqa: F401
 
 
 def qos_of(pub_qos, sub_qos):

@@ -1,15 +1,10 @@
 """Host simulator: who is owed what, lost/duplicate counting, percentiles,
 loss attribution, retained check and verdict (tools/sim/accounting.py,
 tools/sim/verdict.py), on synthetic inputs. No sockets."""
-import os
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-
-from sim import accounting as A  # noqa: E402
-from sim import verdict as V  # noqa: E402
-from sim import payload, mqtt  # noqa: E402
+from sim import accounting as A
+from sim import verdict as V
+from sim import payload, mqtt
 
 LIMITS = {"min_heap_free_pct": 10.0, "max_latency_p99_ms": 0.0, "max_behind_pct": 1.0}
 

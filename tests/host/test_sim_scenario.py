@@ -1,15 +1,13 @@
 """Host simulator: scenario files are parsed, defaulted and validated
 (tools/sim/scenario.py). No sockets."""
 import os
-import sys
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
 
-from sim import scenario  # noqa: E402
-from sim.scenario import ScenarioError, validate  # noqa: E402
+from sim import scenario
+from sim.scenario import ScenarioError, validate
 
 BASE_SENSOR = {"name": "s", "count": 2}
 BASE_SUB = {"name": "d", "filters": ["sensors/#"]}

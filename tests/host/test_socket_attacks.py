@@ -16,14 +16,10 @@ not how fast). About 2 to 3 minutes for both boards.
 """
 import json
 import os
-import sys
 
 import pytest
 
-_TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "tools")
-if _TOOLS not in sys.path:
-    sys.path.insert(0, _TOOLS)
-import attacks  # noqa: E402
+from hardening import attacks
 
 BOARDS = ["esp32", "pico_w"]
 

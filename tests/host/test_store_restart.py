@@ -6,7 +6,7 @@ runs twice: the broker is ended with SIGTERM (a service stop: a clean stop on
 CPython, a crash on the MicroPython unix port, which has no signal module)
 and with SIGKILL (a crash or power cut: nothing buffered is written). It is
 then started again on the same port and store, and raw clients
-(tests/host/rawclient.py) and paho-mqtt persistent clients reconnect and
+(tools/rawclient.py) and paho-mqtt persistent clients reconnect and
 must get exactly what they were owed: QoS 2 exactly once, QoS 1 at least
 once (a repeat only with DUP=1), in order per topic.
 

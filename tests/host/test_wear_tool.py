@@ -1,23 +1,19 @@
-# The flash-wear tooling: tools/lfs_fs.py (littlefs image with an
+# The flash-wear tooling: tools/measure/lfs_fs.py (littlefs image with an
 # erase-counting block device, midge's filesystem interface) and
 # tools/wear.py (naive files vs midge's store). Quick, and asserts no
 # performance figures: only that the counting, the image round trip and the
 # report work. littlefs-python comes from requirements.txt.
 import json
 import os
-import sys
 
 import pytest
 
-_TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "tools")
-if _TOOLS not in sys.path:
-    sys.path.insert(0, _TOOLS)
 
 if os.environ.get("CI", "").lower() != "true":
     pytest.importorskip("littlefs", reason="littlefs-python missing; run tools/setup.sh")
 
-import lfs_fs  # noqa: E402
-import wear  # noqa: E402
+from measure import lfs_fs
+from measure import wear
 
 
 def _write(fs, path, data):

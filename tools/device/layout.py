@@ -125,10 +125,8 @@ def _check_settings(settings):
     if problem:
         raise LayoutError(problem)
     # the broker config keys are validated by midge itself
-    import sys
-    lib = os.path.join(ROOT, "lib")
-    if lib not in sys.path:
-        sys.path.insert(0, lib)
+    import hostlib
+    hostlib.midge_on_path()
     from midge.config import load_config
     from midge.errors import ConfigError
     try:

@@ -12,12 +12,9 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
-from procutil import signal_and_wait  # tools/ is on sys.path (tools/sim.py)
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from hostlib import ROOT, find_micropython, midge_command, signal_and_wait
 
 
 class BrokerStartError(Exception):
@@ -27,11 +24,7 @@ class BrokerStartError(Exception):
 
 
 def micropython():
-    exe = os.path.join(ROOT, ".venv", "bin", "micropython")
-    if os.path.exists(exe):
-        return exe
-    exe = os.path.join(os.path.dirname(sys.executable), "micropython")
-    return exe if os.path.exists(exe) else None
+    return find_micropython()
 
 
 class BrokerCtl:
@@ -49,22 +42,11 @@ class BrokerCtl:
         cfg_path = os.path.join(self.workdir, "config.json")
         with open(cfg_path, "w") as f:
             json.dump(self.config, f, indent=1, sort_keys=True)
-        args = ["-m", "midge", "--board", self.board, "--host", "127.0.0.1",
-                "--port", str(self.port), "--config", cfg_path]
-        env = dict(os.environ)
-        if self.interp == "cpython":
-            env["PYTHONPATH"] = os.path.join(ROOT, "lib")
-            env["PYTHONUNBUFFERED"] = "1"
-            return [sys.executable] + args, env
-        mp = micropython()
-        if mp is None:
-            raise BrokerStartError("micropython not found (.venv/bin/micropython); run tools/setup.sh", 1)
-        tools = os.path.join(ROOT, "tools")
-        if tools not in sys.path:
-            sys.path.insert(0, tools)
-        import build_mpy
-        env["MICROPYPATH"] = ".frozen:" + build_mpy.build()
-        return [mp, "-X", "heapsize=" + str(self.heapsize)] + args, env
+        args = ["--board", self.board, "--host", "127.0.0.1", "--port", str(self.port), "--config", cfg_path]
+        try:
+            return midge_command(args, self.interp, heapsize=self.heapsize, code="mpy")
+        except FileNotFoundError as e:
+            raise BrokerStartError(str(e), 1)
 
     def start(self, timeout=15.0):
         os.makedirs(self.workdir, exist_ok=True)

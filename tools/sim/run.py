@@ -11,22 +11,14 @@
 import asyncio
 import os
 import shutil
-import socket
 import tempfile
 
+from hostlib import free_port
 from . import accounting, fleet, progress, verdict
 from .brokerctl import BrokerCtl, BrokerStartError
 from .monitor import Monitor
 from .record import Recorder
 from .scenario import effective_caps, heap_bytes
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def broker_config(sc, store_dir):

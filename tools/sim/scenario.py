@@ -18,13 +18,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BOARDS_DIR = os.path.join(ROOT, "boards")
 
 
-
 def midge_defaults():
     """midge's own config defaults (lib/midge/config.py, read only)."""
-    import sys
-    lib = os.path.join(ROOT, "lib")
-    if lib not in sys.path:
-        sys.path.insert(0, lib)
+    import hostlib
+    hostlib.midge_on_path()
     from midge.config import DEFAULTS
     return dict(DEFAULTS)
 

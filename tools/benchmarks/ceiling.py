@@ -7,16 +7,16 @@
 - qos_ack_path: QoS 1 PUBLISHes/s the subscriber side acknowledges on a
   pre-built stream (split + build the PUBACKs);
 - write: QoS 0 messages/s that 8 publisher connections write into a peer
-  that discards (tools/bench_null.py --mode discard, another process);
-- null_*: the QoS 0/1/2 scenarios and ping-pong run against the null relay (tools/bench_null.py, a
+  that discards (tools/benchmarks/null.py --mode discard, another process);
+- null_*: the QoS 0/1/2 scenarios and ping-pong run against the null relay (tools/benchmarks/null.py, a
   trivial forwarder in another process): what the generator achieves end
   to end when the "broker" costs almost nothing.
 """
 import time
 
-import bench_load as bl
-import bench_mqtt as m
-from bench_stats import percentile
+from benchmarks import load as bl
+from benchmarks import mqtt as m
+from benchmarks.stats import percentile
 
 
 def _feed_rate(stream, chunk=65536):
@@ -63,7 +63,7 @@ def qos_ack_path(mb):
 
 
 def measure(params, make_peer, log=print):
-    """All ceilings; make_peer(mode) starts a bench_null.py peer ("relay" or
+    """All ceilings; make_peer(mode) starts a benchmarks/null.py peer ("relay" or
     "discard") and returns it started (with .port and .stop())."""
     out = {}
     mb = params["ceiling_mb"]

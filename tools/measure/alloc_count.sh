@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Allocations per routed QoS 0 message: callgrind counts the calls to
-# MicroPython's gc_alloc while tools/alloc_report.py routes N and 3N
+# MicroPython's gc_alloc while tools/measure/alloc_report.py routes N and 3N
 # messages; the difference over 2N is the count per message (start-up and
 # warm-up cancel out). Needs valgrind (Debian package).
 #
-#   tools/alloc_count.sh [TREE] [N]     TREE: a checkout of midge (default: this one)
+#   tools/measure/alloc_count.sh [TREE] [N]     TREE: a checkout of midge (default: this one)
 #
 # Prints one line per mode: cached routes (the fast path) and full path.
 set -euo pipefail
-HERE=$(cd "$(dirname "$0")/.." && pwd)
+HERE=$(cd "$(dirname "$0")/../.." && pwd)
 TREE=${1:-$HERE}
 N=${2:-1000}
 MP="$HERE/.venv/bin/micropython"
@@ -16,8 +16,8 @@ command -v valgrind >/dev/null || { echo "alloc_count: valgrind not found (apt-g
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 count() {  # mode n -> gc_alloc calls
-    (cd "$TREE" && MICROPYPATH=.frozen:lib:tests valgrind --tool=callgrind \
-        --callgrind-out-file="$out/cg" "$MP" -X heapsize=64M "$HERE/tools/alloc_report.py" "$2" "$1" >/dev/null 2>&1)
+    (cd "$TREE" && MICROPYPATH=".frozen:lib:$HERE/tools" valgrind --tool=callgrind \
+        --callgrind-out-file="$out/cg" "$MP" -X heapsize=64M "$HERE/tools/measure/alloc_report.py" "$2" "$1" >/dev/null 2>&1)
     "$HERE/.venv/bin/python" - "$out/cg" <<'PY'
 import re, sys
 names, total, cur = {}, 0, None

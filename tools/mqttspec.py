@@ -1,4 +1,4 @@
-# An independent MQTT 3.1.1 packet encoder/decoder for tests.
+# An independent MQTT 3.1.1 packet encoder/decoder for tests and host tools.
 #
 # Written from the OASIS MQTT Version 3.1.1 specification (section numbers
 # cited below), NOT from midge.codec: a codec bug must never agree with

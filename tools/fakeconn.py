@@ -1,10 +1,10 @@
-# Test helpers shared by the broker-core unit tests (test_broker.py,
-# test_handlers.py, test_sys_topics.py). Not a test module itself.
+# Helpers shared by the broker-core unit tests (tests/test_broker.py, ...
+# test_handlers.py, test_sys_topics.py) and tools/wear.py. Not a test module.
 #
 # FakeConn implements the connection interface documented at the top of
 # lib/midge/broker.py (send / room / close / session / keepalive_ms /
 # last_rx_ms) plus the two flags handlers.py sets (closing, graceful). What
-# the broker sends is parsed with the independent tests/mqttspec.py, so a
+# the broker sends is parsed with the independent tools/mqttspec.py, so a
 # codec bug cannot agree with itself.
 #
 # Clock is an injected, settable ticks_ms replacement; advance() goes

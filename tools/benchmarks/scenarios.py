@@ -7,9 +7,9 @@ All payloads are 64 bytes (bench_load.PAYLOAD)."""
 import socket
 import time
 
-import bench_load as bl
-import bench_mqtt as m
-from bench_stats import percentile
+from benchmarks import load as bl
+from benchmarks import mqtt as m
+from benchmarks.stats import percentile
 
 NAMES = ["qos0_fanin", "qos0_fanout", "qos1_window", "qos2", "pingpong", "conn_scaling", "retained"]
 

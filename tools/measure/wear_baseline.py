@@ -11,7 +11,7 @@
 # would need to record packet ids to resend them after a reboot.
 #
 # It talks to the same filesystem interface as midge's store (see OSFS in
-# lib/midge/compat.py, LfsFS in tools/lfs_fs.py), so both are measured on
+# lib/midge/compat.py, LfsFS in tools/measure/lfs_fs.py), so both are measured on
 # the same littlefs image geometry.
 import struct
 

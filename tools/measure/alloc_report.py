@@ -1,7 +1,7 @@
 # Heap bytes allocated per routed QoS 0 message, measured under the
 # MicroPython unix port (64-bit: about half on a 32-bit board).
 #
-#   MICROPYPATH=.frozen:lib:tests .venv/bin/micropython tools/alloc_report.py [N [cached|full]]
+#   MICROPYPATH=.frozen:lib:tools .venv/bin/micropython -X heapsize=64M tools/measure/alloc_report.py [N [cached|full]]
 #
 # One subscriber ("#", QoS 0) and one publisher run as real
 # midge.connection.Connection objects on in-memory streams. The publisher's
@@ -13,10 +13,10 @@
 #
 # The NUMBER of allocations is counted from outside, with valgrind's
 # callgrind counting calls to MicroPython's gc_alloc over two runs of
-# different N (tools/alloc_count.sh).
+# different N (tools/measure/alloc_count.sh).
 #
 # It only uses Connection(broker, reader, writer).run(), the broker and the
-# spec encoder in tests/mqttspec.py, so it runs unchanged against earlier
+# spec encoder in tools/mqttspec.py, so it runs unchanged against earlier
 # versions of lib/ (the before/after figures in BENCHMARKS.md).
 import asyncio
 import gc

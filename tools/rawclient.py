@@ -1,21 +1,15 @@
-# A blocking raw-packet MQTT client for CPython socket tests, built on the
-# independent test codec tests/mqttspec.py (never on midge).
+# A blocking raw-packet MQTT client for CPython socket tests and the fuzzer,
+# built on the independent codec tools/mqttspec.py (never on midge).
 #
 # It sends exactly the bytes a test gives it and parses what the server
 # sends back strictly (a packet that breaks the spec raises
 # mqttspec.MalformedError in the test). Packets read but not yet consumed
 # wait in `self.pending`, in arrival order.
 import errno
-import os
 import socket
-import sys
 import time
 
-_TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _TESTS not in sys.path:
-    sys.path.insert(0, _TESTS)
-
-import mqttspec as m  # noqa: E402
+import mqttspec as m
 
 
 class Closed(Exception):

@@ -1,7 +1,7 @@
 """The case generator of tools/fuzz.py: pure functions, no sockets.
 
 A case is one client session made from (seed, case number) alone: a valid
-MQTT 3.1.1 script built with tests/mqttspec.py (the independent test
+MQTT 3.1.1 script built with tools/mqttspec.py (the independent test
 encoder, never midge's codec), then, in most cases, mutated. Everything a
 case sends of its own is decided here by one RNG derived from the pair, so
 make_case(seed, n) always returns the same bytes; only the split into
@@ -11,19 +11,9 @@ PUBREC, PUBCOMP) follows an ack policy decided here and a second RNG of the
 same pair, so a case replayed alone sends the same replies unless it had
 received messages published by other cases running at the same time.
 """
-import os
 import random
-import sys
 
-_TESTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
-if _TESTS not in sys.path:
-    sys.path.insert(0, _TESTS)
-
-import mqttspec as m  # noqa: E402
-
-_TOOLS = os.path.dirname(os.path.abspath(__file__))
-if _TOOLS not in sys.path:
-    sys.path.insert(0, _TOOLS)
+import mqttspec as m
 
 # The broker config of a fuzz run (boards/<name>/board.json caps, then this).
 FUZZ_CONFIG = {"sys_interval_s": 1}

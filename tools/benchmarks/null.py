@@ -18,17 +18,14 @@ separate process, so on the other core, like a broker).
                    are answered (PUBREC -> PUBREL) or dropped. No retained,
                    no sessions: it is a ceiling, not a broker.
 
-Usage: python tools/bench_null.py --port P [--mode relay|discard]
+Usage: python tools/benchmarks/null.py --port P [--mode relay|discard]
 Prints "listening" on stdout once ready.
 """
 import argparse
-import os
 import selectors
 import socket
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_mqtt as m  # noqa: E402
+from benchmarks import mqtt as m
 
 
 def _match(filt, topic):
