@@ -250,8 +250,10 @@ class Watchdog:
     def __init__(self, enabled):
         self.enabled = enabled
         self.wdt = None
+        self.serving = False    # the broker has ticked: start-up is over
 
     def feed(self):
+        self.serving = True
         if self.wdt is None:
             if not self.enabled:
                 return
@@ -305,7 +307,7 @@ def main():
     except ConfigError as e:  # e.g. cannot listen on host:port
         _setup_mode(led, str(e))
     except MemoryError as e:
-        if watchdog is not None and watchdog.wdt is None:
+        if watchdog is not None and not watchdog.serving:
             # before the first tick: the store (or the caps) need more heap
             # than this firmware leaves; a reset would only do it again
             _setup_mode(led, "not enough heap to start (%s): the store at %s is larger than this "
