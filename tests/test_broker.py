@@ -3,7 +3,7 @@
 import mqttspec as m
 from fakeconn import (
     Clock, FakeConn, wrap_start, make_broker, mkconnect, connect, join, sub, pub,
-    publishes, payloads, raises_protocol,
+    publishes, payloads, raises_protocol, fails_once,
 )
 from midge.message import Message
 from midge.session import AWAIT_COMP
@@ -1326,14 +1326,7 @@ def test_publish_without_a_block_for_its_payload_makes_room_and_goes_on():
         pub(b, "h", b"x" * 50, 1)
     c = join(b, "pub")
     real = codec.decode_publish
-    state = {"fail": 1}
-
-    def flaky(*args):
-        if state["fail"]:
-            state["fail"] -= 1
-            raise MemoryError()
-        return real(*args)
-    codec.decode_publish = flaky
+    codec.decode_publish = fails_once(real)
     b.heap.fits = lambda: True
     try:
         data = m.publish("t", b"payload", qos=1, pid=7)

@@ -5,7 +5,7 @@ import asyncio
 import sys
 
 import mqttspec as m
-from fakeconn import FakeConn, mkconnect, publishes, payloads
+from fakeconn import FakeConn, fails_once, mkconnect, publishes, payloads
 from midge import log
 from midge.broker import Broker
 from midge.compat import ticks_ms, ticks_add
@@ -963,13 +963,7 @@ def test_server_accept_survives_a_memory_error():
     import midge.server as server_mod
     result = {}
     real = server_mod.Connection
-    state = {"fail": 1}
-
-    def flaky(*args):
-        if state["fail"]:
-            state["fail"] -= 1
-            raise MemoryError()
-        return real(*args)
+    flaky = fails_once(real)
 
     async def main():
         srv, task, port = await start_server(sys_interval_s=0)

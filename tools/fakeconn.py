@@ -161,3 +161,16 @@ def raises_protocol(fn, *args):
     except ProtocolError as e:
         return e
     return None
+
+
+def fails_once(real, exc=MemoryError):
+    """real, wrapped to raise exc on its first call only (a MemoryError
+    that strikes once, for the paths that must survive it)."""
+    state = {"fail": 1}
+
+    def flaky(*args):
+        if state["fail"]:
+            state["fail"] -= 1
+            raise exc()
+        return real(*args)
+    return flaky

@@ -99,6 +99,15 @@ def wait_listening(port, proc=None, timeout=15.0):
             time.sleep(0.05)
 
 
+def read_log(path):
+    """A broker's log as text ("" while it does not exist yet)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    except (OSError, TypeError):
+        return ""
+
+
 def signal_and_wait(proc, sig, timeout=5.0):
     """Send `sig` to a running process and wait up to `timeout` seconds for
     it to exit; kill it if it does not. True if it exited on the signal,

@@ -29,7 +29,7 @@ import socket
 import subprocess
 import time
 
-from hostlib import HOST, ROOT as REPO, find_micropython, free_port, signal_and_wait  # noqa: F401 (used by tests)
+from hostlib import HOST, ROOT as REPO, find_micropython, free_port, read_log, signal_and_wait  # noqa: F401 (used by tests)
 import hostlib
 
 
@@ -124,11 +124,7 @@ class BrokerProc:
         return self.proc is not None and self.proc.poll() is None
 
     def log(self):
-        try:
-            with open(self.logpath, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+        return read_log(self.logpath)
 
     def log_tail(self, n=60):
         return "\n".join(self.log().splitlines()[-n:])

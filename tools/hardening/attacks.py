@@ -62,7 +62,7 @@ import traceback
 
 import mqttspec as m
 from benchmarks import brokers as bench_brokers  # midge_source, micropython_path, free_port
-from hostlib import ROOT, midge_command, signal_and_wait
+from hostlib import ROOT, midge_command, read_log, signal_and_wait
 
 HOST = "127.0.0.1"
 SYS_ALLOC = "$SYS/broker/heap/alloc"
@@ -181,11 +181,7 @@ class Broker:
         return self.proc is not None and self.proc.poll() is None
 
     def log(self):
-        try:
-            with open(self.logpath, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+        return read_log(self.logpath)
 
     def stop(self):
         if self.proc is None:

@@ -82,7 +82,7 @@ import time
 
 import mqttspec as m
 from hardening import fuzzlib
-from hostlib import ROOT, find_micropython, midge_command, signal_and_wait
+from hostlib import ROOT, find_micropython, midge_command, read_log, signal_and_wait
 from rawclient import Closed, RawClient
 
 HOST = "127.0.0.1"
@@ -180,11 +180,7 @@ class Broker:
         return self.proc is not None and self.proc.poll() is None
 
     def log_text(self):
-        try:
-            with open(self.logpath, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except (OSError, TypeError):
-            return ""
+        return read_log(self.logpath)
 
     def new_log(self):
         """Complete log lines since the last call."""
