@@ -151,7 +151,9 @@ def test_will_to_sys_dropped():
     assert payloads(watcher.take()) == [b"2"]
 
 
-def test_takeover_closes_old_and_publishes_its_will():
+def test_takeover_of_a_persistent_session_closes_old_without_its_will():
+    # clean session 0 resumed by clean session 0: the device came back, so
+    # its will (which would report it offline) is not published
     b = make_broker()
     watcher = join(b, "w")
     sub(b, watcher, "will/+", 0)
@@ -165,12 +167,25 @@ def test_takeover_closes_old_and_publishes_its_will():
     assert new.session.conn is new
     assert new.session.subs == {"x": 1}
     assert b.online == 2  # watcher + new
-    assert payloads(watcher.take()) == [b"old-will"]
+    assert payloads(watcher.take()) == []
     # the old connection reports its close later: nothing more happens
     b.detach(old, False)
     assert b.online == 2
     assert watcher.take() == []
     assert new.session is not None and b.sessions["dup"].conn is new
+
+
+def test_takeover_publishes_the_will_unless_both_are_persistent():
+    # [MQTT-3.1.4-2]: the old connection did not send DISCONNECT; its will
+    # goes out when either side asked for a clean session
+    for old_clean, new_clean in ((True, True), (True, False), (False, True)):
+        b = make_broker()
+        watcher = join(b, "w")
+        sub(b, watcher, "will/+", 0)
+        old = join(b, "dup", clean=old_clean, will=("will/dup", b"old-will", 0, False))
+        new, ok, ack = connect(b, "dup", clean=new_clean)
+        assert ok and ack["rc"] == 0 and old.closed == 1
+        assert payloads(watcher.take()) == [b"old-will"], (old_clean, new_clean)
 
 
 def test_takeover_with_clean_session():
@@ -244,11 +259,11 @@ def test_routing_qos_downgrade():
             want = min(qos, int(topic[1]))
             assert got[0]["qos"] == want, (topic, qos)
             if want == 1:
-                b.puback(c.session, got[0]["pid"])
+                b.flow.puback(c.session, got[0]["pid"])
             elif want == 2:
-                b.pubrec(c.session, got[0]["pid"])
+                b.flow.pubrec(c.session, got[0]["pid"])
                 c.take()
-                b.pubcomp(c.session, got[0]["pid"])
+                b.flow.pubcomp(c.session, got[0]["pid"])
     assert len(c.session.inflight) == 0
 
 
@@ -317,11 +332,11 @@ def test_inflight_window_and_queue():
     assert [p["payload"] for p in got] == [b"0", b"1"]
     s = c.session
     assert len(s.inflight) == 2 and len(s.queue) == 3
-    b.puback(s, got[0]["pid"])
+    b.flow.puback(s, got[0]["pid"])
     nxt = publishes(c.take())
     assert [p["payload"] for p in nxt] == [b"2"]
-    b.puback(s, got[1]["pid"])
-    b.puback(s, nxt[0]["pid"])
+    b.flow.puback(s, got[1]["pid"])
+    b.flow.puback(s, nxt[0]["pid"])
     rest = publishes(c.take())
     assert [p["payload"] for p in rest] == [b"3", b"4"]
     assert len(s.queue) == 0 and s.queued_bytes == 0
@@ -390,7 +405,7 @@ def test_queue_total_caps_over_all_sessions():
     pub(b, "a", b"a0", 1)
     pub(b, "a", b"a1", 1)
     pub(b, "b", b"b0", 1)
-    assert b.queued_total == 3 and b.counters["queue_dropped"] == 0
+    assert b.flow.queued_total == 3 and b.counters["queue_dropped"] == 0
     pub(b, "b", b"b1", 1)
     assert b.counters["queue_dropped"] == 1
     assert [e[0].payload for e in b.sessions["a"].queue] == [b"a1"]
@@ -398,13 +413,13 @@ def test_queue_total_caps_over_all_sessions():
     pub(b, "z", b"z0", 1)
     assert [e[0].payload for e in b.sessions["z"].queue] == [b"z0"]
     assert [e[0].payload for e in b.sessions["b"].queue] == [b"b1"]
-    assert b.counters["queue_dropped"] == 2 and b.queued_total == 3
+    assert b.counters["queue_dropped"] == 2 and b.flow.queued_total == 3
     # delivering and dropping sessions keep the totals exact
     c, ok, ack = connect(b, "a", clean=False)
     assert payloads(c.take()) == [b"a1"]
-    assert b.queued_total == 2
+    assert b.flow.queued_total == 2
     c2, ok, ack = connect(b, "b", clean=True)  # discards b's session
-    assert b.queued_total == 1 and b.queued_bytes_total == len(b"z") + len(b"z0")
+    assert b.flow.queued_total == 1 and b.flow.queued_bytes_total == len(b"z") + len(b"z0")
 
 
 def test_queue_total_cap_hoarders_cannot_starve_a_small_session():
@@ -417,10 +432,10 @@ def test_queue_total_cap_hoarders_cannot_starve_a_small_session():
         b.detach(c, True)
     for i in range(40):
         pub(b, "noise/%d" % i, b"n", 1)
-    assert b.queued_total == 20
+    assert b.flow.queued_total == 20
     for i in range(5):
         pub(b, "v/t", b"v%d" % i, 1)
-    assert b.queued_total == 20
+    assert b.flow.queued_total == 20
     c, ok, ack = connect(b, "victim", clean=False)
     assert payloads(c.take()) == [b"v%d" % i for i in range(5)]
 
@@ -433,11 +448,11 @@ def test_queue_total_bytes_cap():
         b.detach(c, True)
     # "t" + 9 payload bytes = 10 per message, queued once per session
     pub(b, "t", b"%09d" % 0, 1)
-    assert b.queued_bytes_total == 20
+    assert b.flow.queued_bytes_total == 20
     pub(b, "t", b"%09d" % 1, 1)
     # 20 + 10 > 25: the largest queue pays; on a tie the receiving session
     # drops its own oldest
-    assert b.queued_bytes_total == 20
+    assert b.flow.queued_bytes_total == 20
     assert b.counters["queue_dropped"] == 2
     for cid in ("p", "q"):
         assert [e[0].payload for e in b.sessions[cid].queue] == [b"%09d" % 1]
@@ -490,7 +505,7 @@ def test_slow_consumer_drops_qos0_queues_qos1():
     assert len(s.queue) == 1 and len(s.inflight) == 0
     assert c.out == b"x" * 20   # nothing was written
     c.out = b""            # the socket drained
-    b.pump(s)
+    b.flow.pump(s)
     got = publishes(c.take())
     assert [p["payload"] for p in got] == [b"q1"] and got[0]["qos"] == 1
     assert len(s.queue) == 0
@@ -575,7 +590,7 @@ def test_retained_sent_on_subscribe_with_retain_flag():
         byp[p["payload"]] = p
     assert byp[b"A"]["retain"] == 1 and byp[b"A"]["qos"] == 1  # min(1, 2)
     assert byp[b"B"]["retain"] == 1 and byp[b"B"]["qos"] == 0
-    b.puback(c.session, byp[b"A"]["pid"])
+    b.flow.puback(c.session, byp[b"A"]["pid"])
     # re-subscribing the same filter sends them again [MQTT-3.8.4-3]
     assert sub(b, c, "s/+", 0, pid=2) == 0
     got = publishes(c.take())
@@ -620,11 +635,11 @@ def test_retained_backlog_pumped_by_inflight_window():
     assert len(got) == 1 and got[0]["retain"] == 1
     seen = [got[0]["payload"]]
     for _ in range(2):
-        b.puback(s, got[0]["pid"])
+        b.flow.puback(s, got[0]["pid"])
         got = publishes(c.take())
         assert len(got) == 1 and got[0]["retain"] == 1
         seen.append(got[0]["payload"])
-    b.puback(s, got[0]["pid"])
+    b.flow.puback(s, got[0]["pid"])
     assert c.take() == []
     seen.sort()
     assert seen == [b"0", b"1", b"2"]
@@ -646,7 +661,7 @@ def test_retained_backlog_pumped_as_buffer_drains():
             break
         assert all(p["retain"] == 1 for p in got)
         seen += [p["payload"] for p in got]
-        b.pump(s)   # the connection drained
+        b.flow.pump(s)   # the connection drained
         rounds += 1
     assert rounds > 1   # the cap held some back for later
     seen.sort()
@@ -665,11 +680,11 @@ def test_qos1_puback_flow():
     p = publishes(c.take())[0]
     s = c.session
     assert len(s.inflight) == 1
-    b.puback(s, p["pid"] + 1)  # unknown pid: ignored
+    b.flow.puback(s, p["pid"] + 1)  # unknown pid: ignored
     assert len(s.inflight) == 1
-    b.puback(s, p["pid"])
+    b.flow.puback(s, p["pid"])
     assert len(s.inflight) == 0
-    b.puback(s, p["pid"])      # duplicate: harmless
+    b.flow.puback(s, p["pid"])      # duplicate: harmless
     assert c.take() == []
 
 
@@ -681,26 +696,26 @@ def test_qos2_pubrec_pubrel_pubcomp_flow():
     p = publishes(c.take())[0]
     assert p["qos"] == 2
     s = c.session
-    b.pubcomp(s, p["pid"])     # PUBCOMP before PUBREC: ignored
+    b.flow.pubcomp(s, p["pid"])     # PUBCOMP before PUBREC: ignored
     assert len(s.inflight) == 1
-    b.pubrec(s, p["pid"])
+    b.flow.pubrec(s, p["pid"])
     pk = c.take()
     assert len(pk) == 1 and pk[0]["type"] == "pubrel" and pk[0]["pid"] == p["pid"]
     assert s.inflight[0][4] == AWAIT_COMP
-    b.pubrec(s, p["pid"])      # a repeated PUBREC gets PUBREL again
+    b.flow.pubrec(s, p["pid"])      # a repeated PUBREC gets PUBREL again
     pk = c.take()
     assert pk[0]["type"] == "pubrel" and pk[0]["pid"] == p["pid"]
-    b.pubcomp(s, p["pid"])
+    b.flow.pubcomp(s, p["pid"])
     assert len(s.inflight) == 0
 
 
-def test_qos2_puback_does_not_complete():
+def test_qos2_puback_is_a_protocol_error_and_does_not_complete():
     b = make_broker()
     c = join(b, "c")
     sub(b, c, "t", 2)
     pub(b, "t", b"x", 2)
     p = publishes(c.take())[0]
-    b.puback(c.session, p["pid"])
+    assert raises_protocol(b.flow.puback, c.session, p["pid"]) is not None
     assert len(c.session.inflight) == 1
 
 
@@ -715,7 +730,7 @@ def test_resend_with_dup_on_reconnect():
     got = publishes(c.take())
     assert [p["payload"] for p in got] == [b"a", b"b", b"c"]
     pa, pb, pc = got
-    b.pubrec(c.session, pb["pid"])   # b awaits PUBCOMP
+    b.flow.pubrec(c.session, pb["pid"])   # b awaits PUBCOMP
     c.take()
     b.detach(c, False)
     pub(b, "t", b"e", 1)   # while offline
@@ -732,8 +747,8 @@ def test_resend_with_dup_on_reconnect():
     assert pk[0]["qos"] == 1 and pk[2]["qos"] == 2
     assert len(pk) == 3   # window still full: d and e wait
     s = c2.session
-    b.puback(s, pa["pid"])
-    b.pubcomp(s, pb["pid"])
+    b.flow.puback(s, pa["pid"])
+    b.flow.pubcomp(s, pb["pid"])
     more = publishes(c2.take())
     assert [p["payload"] for p in more] == [b"d", b"e"]
     assert all(p["dup"] == 0 for p in more)
@@ -924,16 +939,16 @@ def test_backpressure_pressured_set():
     s = slow.session
     pub(b, "t", b"0", 1)       # inflight
     pub(b, "t", b"1", 1)       # queued 1 of 4
-    assert not b.pressured
-    assert not b.should_pause(other)
+    assert not b.flow.pressured
+    assert not b.flow.should_pause(other)
     pub(b, "t", b"2", 1)       # queued 2 of 4: half full
-    assert s in b.pressured
-    assert b.should_pause(other)      # other clients are slowed down
-    assert not b.should_pause(slow)   # never the session whose acks drain it
+    assert s in b.flow.pressured
+    assert b.flow.should_pause(other)      # other clients are slowed down
+    assert not b.flow.should_pause(slow)   # never the session whose acks drain it
     got = publishes(slow.take())
-    b.puback(s, got[0]["pid"])        # one moves from the queue to the wire
-    assert s not in b.pressured
-    assert not b.should_pause(other)
+    b.flow.puback(s, got[0]["pid"])        # one moves from the queue to the wire
+    assert s not in b.flow.pressured
+    assert not b.flow.should_pause(other)
 
 
 def test_backpressure_stops_after_a_stuck_subscriber_times_out():
@@ -946,13 +961,13 @@ def test_backpressure_stops_after_a_stuck_subscriber_times_out():
     sub(b, stuck, "t", 1)
     for i in range(3):
         pub(b, "t", b"%d" % i, 1)
-    assert b.should_pause(other)
+    assert b.flow.should_pause(other)
     clock.advance(4900)
     b.tick()
-    assert b.should_pause(other)
+    assert b.flow.should_pause(other)
     clock.advance(200)
     b.tick()
-    assert not b.should_pause(other)
+    assert not b.flow.should_pause(other)
     for i in range(10):
         pub(b, "t", b"more", 1)
     assert len(stuck.session.queue) == 4 and b.counters["queue_dropped"] > 0
@@ -965,12 +980,12 @@ def test_backpressure_bytes_and_detach():
     sub(b, slow, "t", 1)
     pub(b, "t", b"x" * 9, 1)    # inflight
     pub(b, "t", b"x" * 19, 1)   # 20 bytes queued: half of 40
-    assert slow.session in b.pressured
-    assert b.should_pause(other)
+    assert slow.session in b.flow.pressured
+    assert b.flow.should_pause(other)
     b.detach(slow, True)        # offline sessions do not slow anyone down
-    assert not b.pressured
+    assert not b.flow.pressured
     pub(b, "t", b"x" * 19, 1)
-    assert not b.pressured
+    assert not b.flow.pressured
 
 
 def test_backpressure_cleared_when_session_dropped():
@@ -979,9 +994,9 @@ def test_backpressure_cleared_when_session_dropped():
     sub(b, slow, "t", 1)
     pub(b, "t", b"0", 1)
     pub(b, "t", b"1", 1)
-    assert b.pressured
+    assert b.flow.pressured
     join(b, "slow")             # takeover of a clean session drops it
-    assert not b.pressured
+    assert not b.flow.pressured
 
 
 # --- 32-bit board ticks (period 2**30 ms, ~12.4 days) ---------------------------------
@@ -1158,7 +1173,7 @@ def test_backlog_holds_each_topic_once_and_is_capped():
         pub(b, "r/%d" % i, b"v", 1, retain=True)
     b.subscribe(c.session, 1, [("r/#", 1)])
     b.subscribe(c.session, 2, [("$SYS/#", 0)])   # nothing there yet
-    assert len(c.session.backlog) <= b._backlog_cap()
+    assert len(c.session.backlog) <= b.flow.backlog_cap()
     # retained topics replaced and new ones made while the client does not
     # read: the backlog keeps the newest value per topic, within its cap
     for rnd in range(10):
@@ -1166,7 +1181,7 @@ def test_backlog_holds_each_topic_once_and_is_capped():
             pub(b, "r/%d" % i, b"v%d" % rnd, 1, retain=True)
         b.subscribe(c.session, 3, [("r/#", 1)])
     bl = c.session.backlog
-    assert len(bl) <= b._backlog_cap()
+    assert len(bl) <= b.flow.backlog_cap()
     assert sorted(e[0].payload for e in bl.values()) == sorted([b"v9"] * len(bl))
 
 
@@ -1176,7 +1191,7 @@ def test_sys_retained_set_counts_toward_the_backlog_cap():
     b.tick()                            # publishes the $SYS set (exempt from the caps)
     n_sys = b.retained.total - b.retained.count
     assert n_sys > 10
-    assert b._backlog_cap() == 2 + n_sys
+    assert b.flow.backlog_cap() == 2 + n_sys
     c = join(b, "c", cap=16)
     for i in range(40):
         b.subscribe(c.session, i + 1, [("$SYS/#", 0)])
@@ -1213,18 +1228,18 @@ def test_resend_after_reconnect_waits_for_room_and_keeps_order():
     got = publishes(c.take())
     assert 1 <= len(got) <= 3 and all(p["dup"] == 1 for p in got)
     seen = [p["payload"][:1] for p in got]
-    b.puback(s, got[0]["pid"])              # acknowledged: room and window for more
+    b.flow.puback(s, got[0]["pid"])              # acknowledged: room and window for more
     while True:
-        b.pump(s)
+        b.flow.pump(s)
         more = publishes(c.take())
         if not more:
             break
         seen += [p["payload"][:1] for p in more]
         for p in more:
-            b.puback(s, p["pid"])
+            b.flow.puback(s, p["pid"])
     for p in got[1:]:
-        b.puback(s, p["pid"])
-    b.pump(s)
+        b.flow.puback(s, p["pid"])
+    b.flow.pump(s)
     seen += [p["payload"][:1] for p in publishes(c.take())]
     assert seen == [b"%d" % i for i in range(8)] + [b"n"]
 
@@ -1308,12 +1323,12 @@ def test_make_room_drops_the_oldest_messages_of_the_largest_queue():
         calls.append(1)
         return len(calls) >= 2    # a block of one packet is free after 16 drops
     b.heap.fits = fits
-    assert b.make_room()
+    assert b.flow.make_room()
     big = b.sessions["big"].queue
     assert b.counters["heap_dropped"] == 16 and len(b.sessions["small"].queue) == 3
     # big held 23 (its '#' matched the three of t/s too): the 16 oldest went
     assert [e[0].payload for e in big] == [b"16", b"17", b"18", b"19", b"s0", b"s1", b"s2"]
-    assert not make_broker().make_room()   # nothing queued: nothing to give back
+    assert not make_broker().flow.make_room()   # nothing queued: nothing to give back
 
 
 def test_publish_without_a_block_for_its_payload_makes_room_and_goes_on():

@@ -190,7 +190,7 @@ def test_decode_connect_mqisdp_level3():
 
 def test_decode_connect_unsupported_level():
     # valid name, unknown level: decoded with level_ok False (caller sends CONNACK 1)
-    for name, level in (("MQTT", 5), ("MQTT", 3), ("MQIsdp", 4), ("MQTT", 0)):
+    for name, level in (("MQTT", 6), ("MQTT", 3), ("MQIsdp", 4), ("MQTT", 0)):
         c = _dec(codec.decode_connect, m.connect("x", protocol_name=name, protocol_level=level))
         assert not c.level_ok, (name, level)
         assert c.level == level
@@ -326,9 +326,9 @@ def test_decode_pid_only_malformed():
 def _subscribe_body(flags, buf, start, end):
     """Decode a SUBSCRIBE as the handler does: check_subscribe validates the
     whole body, then str_len / str_at read each filter."""
-    pid = codec.check_subscribe(flags, buf, start, end)
+    pid, pos = codec.check_subscribe(flags, buf, start, end)
+    assert pos == start + 2
     out = []
-    pos = start + 2
     while pos < end:
         n = codec.str_len(buf, pos)
         out.append((codec.str_at(buf, pos + 2, n), buf[pos + 2 + n]))
@@ -337,9 +337,9 @@ def _subscribe_body(flags, buf, start, end):
 
 
 def _unsubscribe_body(flags, buf, start, end):
-    pid = codec.check_unsubscribe(flags, buf, start, end)
+    pid, pos = codec.check_unsubscribe(flags, buf, start, end)
+    assert pos == start + 2
     out = []
-    pos = start + 2
     while pos < end:
         n = codec.str_len(buf, pos)
         out.append(codec.str_at(buf, pos + 2, n))

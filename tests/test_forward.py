@@ -1,4 +1,4 @@
-# The QoS 0 forwarding fast path (Broker.forward_qos0 and the route cache
+# The QoS 0 forwarding fast path (connection.forward_qos0 and the route cache
 # in Subscriptions): packets go in as the connection hands them over, with
 # the fast path tried first for fixed header 0x30 exactly as
 # Connection._handle does, and what each subscriber receives is parsed with
@@ -6,14 +6,16 @@
 import mqttspec as m
 from fakeconn import FakeConn, make_broker, frames, publishes, payloads, raises_protocol
 from midge import handlers
+from midge.connection import forward_qos0
 
 
 def feed(broker, conn, data):
     """Returns how many packets took the fast path."""
     fast = 0
+    conn.broker = broker
     for first, start, end in frames(data):
         pos = start - 2 if end - start < 128 else start - 3
-        if first == 0x30 and broker.forward_qos0(conn, data, pos, start, end):
+        if first == 0x30 and forward_qos0(conn, data, pos, start, end):
             fast += 1
         else:
             handlers.handle(broker, conn, first, data, start, end)

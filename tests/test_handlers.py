@@ -57,7 +57,7 @@ def test_connect_mqisdp_level3_accepted():
 def test_connect_unsupported_level_gets_rc1_and_close():
     b = make_broker()
     conn = FakeConn()
-    feed(b, conn, m.connect("x", protocol_level=5))
+    feed(b, conn, m.connect("x", protocol_level=6))
     pk = conn.take()
     assert len(pk) == 1 and pk[0]["rc"] == 1  # [MQTT-3.1.2-2]
     assert conn.closing and conn.session is None and len(b.sessions) == 0

@@ -635,14 +635,14 @@ def test_queued_messages_round_trip_in_order():
 
         b = env.boot()
         assert queue_of(b, "sub") == expect
-        assert b.queued_total == 4
-        assert b.queued_bytes_total == sum(len(pl) + 3 for pl, q in expect)
+        assert b.flow.queued_total == 4
+        assert b.flow.queued_bytes_total == sum(len(pl) + 3 for pl, q in expect)
         s, present, pk = client(b, "sub")
         assert present == 1
         pubs = [x for x in pk if x["type"] == "publish"]
         assert [(x["topic"], x["payload"], x["qos"], x["dup"]) for x in pubs] == [
             ("q/1", b"m1", 1, 0), ("q/2", b"m2", 2, 0), ("q/3", b"m3", 1, 0), ("q/4", b"m4", 2, 0)]
-        assert b.queued_total == 0
+        assert b.flow.queued_total == 0
 
 
 def test_outbound_await_ack_resent_with_dup_after_restart():
@@ -817,7 +817,7 @@ def test_clean_sessions_not_persisted():
         assert b"clean-client-7f3a" not in data and b"clean-pub-9c1d" not in data
         crash(b)
         b = env.boot()
-        assert b.sessions == {} and b.subs.count == 0 and b.queued_total == 0
+        assert b.sessions == {} and b.subs.count == 0 and b.flow.queued_total == 0
 
 
 def test_deleted_session_stays_deleted():
@@ -838,7 +838,7 @@ def test_deleted_session_stays_deleted():
 
         b = env.boot()
         assert "dev" not in b.sessions
-        assert b.subs.count == 0 and b.queued_total == 0
+        assert b.subs.count == 0 and b.flow.queued_total == 0
         crash(b)
         b = env.boot()
         assert "dev" not in b.sessions
@@ -1376,7 +1376,7 @@ def test_store_max_bytes_drops_the_offline_session_holding_the_most():
         assert "a" not in b.sessions
         assert "b" in b.sessions and "c" in b.sessions and "online" in b.sessions
         assert env.size() <= 2048
-        assert b.queued_total == len(b.sessions["b"].queue) + len(b.sessions["c"].queue)
+        assert b.flow.queued_total == len(b.sessions["b"].queue) + len(b.sessions["c"].queue)
         qb = queue_of(b, "b")
         qc = queue_of(b, "c")
         assert qb and qc

@@ -17,7 +17,8 @@ from midge.codec import Connect  # a plain field holder; no decoding involved
 from midge.compat import ticks_add
 from midge.config import load_config
 from midge.message import Message
-from midge.protocol import ProtocolError
+from midge.protocol import ProtocolError, AWAIT_CONNECT
+from midge.wire311 import WIRE311
 
 log.set_level("off")  # keep test output quiet (test_log restores its own level)
 
@@ -49,6 +50,8 @@ class FakeConn:
         self.out = b""
         self.cap = cap
         self.session = None
+        self.state = AWAIT_CONNECT
+        self.wire = WIRE311   # the broker core writes through it (set by handlers at CONNECT)
         self.keepalive_ms = 0
         self.last_rx_ms = 0
         self.closed = 0       # number of close() calls

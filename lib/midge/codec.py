@@ -7,7 +7,7 @@
 from .compat import const
 from .protocol import (
     ProtocolError, RC_MALFORMED, RC_PROTOCOL_ERROR, RC_PACKET_TOO_LARGE,
-    LEVEL_31, LEVEL_311,
+    RC_TOPIC_FILTER_INVALID, LEVEL_31, LEVEL_311, LEVEL_5,
 )
 
 _MAX_RL_BYTES = const(4)  # remaining length is at most 4 bytes [MQTT-2.2.3]
@@ -129,6 +129,30 @@ def _field_end(buf, pos, end):
     return k
 
 
+field_end = _field_end
+
+
+def check_utf8(buf, a, b):
+    """Raise unless buf[a:b] is a well-formed MQTT UTF-8 string (no
+    U+0000); allocates nothing."""
+    _utf8_strict(buf, a, b, False)
+
+
+def check_controls(b):
+    """Raise unless the (well-formed UTF-8) bytes b are free of control
+    characters U+0001..U+001F and U+007F..U+009F. The specification allows
+    a receiver to close the connection for them [MQTT-1.5.4-1 note]; a hub
+    does, for topics, filters, client ids, user names and will topics,
+    where they are never meant and could confuse a display or a log. C-level
+    scans first: min() and `in` over bytes allocate nothing."""
+    if b and (min(b) < 0x20 or 0x7F in b):
+        raise ProtocolError("control character in a string")
+    if 0xC2 in b:  # U+0080..U+009F are C2 80..C2 9F
+        for i in range(len(b) - 1):
+            if b[i] == 0xC2 and b[i + 1] < 0xA0:
+                raise ProtocolError("control character in a string")
+
+
 def _read_bytes(buf, pos, end):
     """Two-byte length + data [MQTT-1.5.3]. Returns (bytes, next_pos)."""
     k = _field_end(buf, pos, end)
@@ -138,6 +162,15 @@ def _read_bytes(buf, pos, end):
 def _read_str(buf, pos, end):
     b, pos = _read_bytes(buf, pos, end)
     return decode_utf8(b), pos
+
+
+def _read_name(buf, pos, end):
+    """A string that names something (client id, user name, will topic):
+    _read_str without control characters."""
+    b, pos = _read_bytes(buf, pos, end)
+    s = decode_utf8(b)
+    check_controls(b)
+    return s, pos
 
 
 def _skip_str(buf, pos, end):
@@ -168,12 +201,19 @@ def _read_pid(buf, pos, end):
     return pid
 
 
+read_pid = _read_pid
+
+
 # --- CONNECT -------------------------------------------------------------------
 
 class Connect:
     """A decoded CONNECT. `level_ok` is False when the protocol name was
     valid but the level is not one we speak: the caller answers CONNACK 1
-    [MQTT-3.1.2-2] and the other fields are then unset."""
+    [MQTT-3.1.2-2] and the other fields are then unset. MQTT 5: `clean` is
+    Clean Start, `props` and `will_props` the decoded properties
+    (props.Props); both None for 3.1 / 3.1.1."""
+    props = None
+    will_props = None
 
     def __init__(self):
         self.level = 0
@@ -198,7 +238,7 @@ def decode_connect(flags, buf, pos, end):
         raise ProtocolError("truncated CONNECT")
     level = buf[pos]
     if name == b"MQTT":
-        c.level_ok = level == LEVEL_311
+        c.level_ok = level == LEVEL_311 or level == LEVEL_5
     elif name == b"MQIsdp":
         c.level_ok = level == LEVEL_31
     else:
@@ -209,6 +249,10 @@ def decode_connect(flags, buf, pos, end):
     cf = buf[pos + 1]
     c.keepalive_s = (buf[pos + 2] << 8) | buf[pos + 3]
     pos += 4
+    if level == LEVEL_5:
+        from . import props  # (imported here: a 3.1.1-only broker never loads it)
+        c.props = props.Props()
+        pos = props.decode(buf, pos, end, 1, c.props)
     if cf & 0x01:
         raise ProtocolError("CONNECT reserved flag set")  # [MQTT-3.1.2-3]
     c.clean = bool(cf & 0x02)
@@ -224,14 +268,20 @@ def decode_connect(flags, buf, pos, end):
         raise ProtocolError("will QoS/retain without will flag")  # [MQTT-3.1.2-11], [MQTT-3.1.2-13]
     if has_password and not has_user:
         raise ProtocolError("password flag without user name flag")  # [MQTT-3.1.2-22]
-    c.client_id, pos = _read_str(buf, pos, end)  # [MQTT-3.1.3-4]
+    c.client_id, pos = _read_name(buf, pos, end)  # [MQTT-3.1.3-4]
     if will:
-        c.will_topic, pos = _read_str(buf, pos, end)
+        if level == LEVEL_5:
+            c.will_props = props.Props()
+            pos = props.decode(buf, pos, end, props.WILL, c.will_props)
+        c.will_topic, pos = _read_name(buf, pos, end)
         c.will_payload, pos = _read_bytes(buf, pos, end)
         c.will_qos = will_qos
         c.will_retain = will_retain
+        wp = c.will_props
+        if wp is not None and wp.payload_utf8:
+            check_payload_utf8(c.will_payload)
     if has_user:
-        c.username, pos = _read_str(buf, pos, end)
+        c.username, pos = _read_name(buf, pos, end)
     if has_password:
         c.password, pos = _read_bytes(buf, pos, end)
     if pos != end:
@@ -258,9 +308,20 @@ class Publish:
 _publish = Publish()
 
 
-def decode_publish(flags, buf, pos, end):
+def check_payload_utf8(b):
+    """A payload sent with Payload Format Indicator 1 must be UTF-8
+    [MQTT-3.3.2-4]: 0x99 otherwise."""
+    try:
+        _utf8_strict(b)
+    except ProtocolError:
+        raise ProtocolError("payload is not UTF-8 as its format indicator says", 0x99)
+
+
+def decode_publish(flags, buf, pos, end, props=None):
     """Decode a PUBLISH body into the shared Publish object and return it;
-    its fields are valid until the next call."""
+    its fields are valid until the next call. MQTT 5: `props` (a
+    props.Props) receives its properties, and the topic may be empty (a
+    topic alias stands for it: wire5 resolves it)."""
     qos = (flags >> 1) & 3
     if qos == 3:
         raise ProtocolError("PUBLISH QoS 3")  # [MQTT-3.3.1-4]
@@ -270,11 +331,15 @@ def decode_publish(flags, buf, pos, end):
     p = _publish
     tb, pos = _read_bytes(buf, pos, end)
     p.topic = decode_utf8(tb)
+    check_controls(tb)
     p.topic_bytes = tb
     pid = 0
     if qos:
         pid = _read_pid(buf, pos, end)
         pos += 2
+    if props is not None:
+        from . import props as pr
+        pos = pr.decode(buf, pos, end, 3, props)
     p.qos = qos
     p.retain = bool(flags & 0x01)
     p.dup = bool(dup)
@@ -294,38 +359,66 @@ def decode_pid_only(flags, want_flags, buf, pos, end):
     return _read_pid(buf, pos, end)
 
 
-def check_subscribe(flags, buf, pos, end):
-    """Validate a whole SUBSCRIBE body without allocating anything (a
-    malformed one changes nothing: it is refused before any filter is
-    applied). Returns the packet id; the (filter, requested QoS byte) pairs
-    follow from pos + 2, read with str_len / str_at."""
+def _skip_filter(buf, pos, end):
+    """_skip_str for a topic filter: one of zero length is malformed
+    [MQTT-4.7.3-1], as are control characters (check_controls)."""
+    k = _skip_str(buf, pos, end)
+    if k == pos + 2:
+        raise ProtocolError("zero-length topic filter", RC_TOPIC_FILTER_INVALID)
+    for i in range(pos + 2, k):  # check_controls, without a copy (SUBSCRIBE is rare)
+        c = buf[i]
+        if c < 0x20 or c == 0x7F or (c == 0xC2 and buf[i + 1] < 0xA0):
+            raise ProtocolError("control character in a topic filter")
+    return k
+
+
+def check_subscribe(flags, buf, pos, end, props=None):
+    """Validate a whole SUBSCRIBE body (a malformed one changes nothing:
+    it is refused before any filter is applied). MQTT 5: `props` is the
+    props.Props its properties are decoded into (None for 3.1.1, which has
+    none). Returns (packet id, position of the first filter); the
+    (filter, options byte) pairs follow, read with str_len / str_at."""
     if flags != 0x02:
         raise ProtocolError("SUBSCRIBE flags not 0010")  # [MQTT-3.8.1-1]
     pid = _read_pid(buf, pos, end)
     pos += 2
+    v5 = props is not None
+    if v5:
+        from . import props as p
+        pos = p.decode(buf, pos, end, 8, props)
+    first = pos
     if pos >= end:
         raise ProtocolError("SUBSCRIBE without filters", RC_PROTOCOL_ERROR)  # [MQTT-3.8.3-3]
     while pos < end:
-        pos = _skip_str(buf, pos, end)
+        pos = _skip_filter(buf, pos, end)
         if pos >= end:
             raise ProtocolError("SUBSCRIBE filter without QoS byte")
-        if buf[pos] > 2:
-            raise ProtocolError("SUBSCRIBE requested QoS byte invalid")  # [MQTT-3.8.3-4]
+        o = buf[pos]
+        if o & 0xC0 if v5 else o > 2:
+            raise ProtocolError("SUBSCRIBE options byte invalid")  # [MQTT-3.8.3-4], [MQTT-3.8.3-5]
+        if o & 3 == 3:
+            raise ProtocolError("SUBSCRIBE QoS 3", RC_MALFORMED)
+        if v5 and o & 0x30 == 0x30:
+            raise ProtocolError("SUBSCRIBE retain handling 3", RC_PROTOCOL_ERROR)
         pos += 1
-    return pid
+    return pid, first
 
 
-def check_unsubscribe(flags, buf, pos, end):
+def check_unsubscribe(flags, buf, pos, end, props=None):
     """As check_subscribe, for UNSUBSCRIBE (filters without a QoS byte)."""
     if flags != 0x02:
         raise ProtocolError("UNSUBSCRIBE flags not 0010")  # [MQTT-3.10.1-1]
     pid = _read_pid(buf, pos, end)
     pos += 2
+    if props is not None:
+        from . import props as p
+        pos = p.decode(buf, pos, end, 10, props)
+    first = pos
     if pos >= end:
         raise ProtocolError("UNSUBSCRIBE without filters", RC_PROTOCOL_ERROR)  # [MQTT-3.10.3-2]
     while pos < end:
-        pos = _skip_str(buf, pos, end)
-    return pid
+        pos = _skip_filter(buf, pos, end)
+    return pid, first
 
 
 def check_empty(flags, pos, end):

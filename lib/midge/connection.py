@@ -24,7 +24,7 @@
 # no copy, where MicroPython's Stream.write would copy the rest, the large
 # blocks a fragmented heap cannot give). While the socket is full a task
 # waits for room and writes on; it exists only while draining. Bytes queued and not yet drained are capped twice: deliveries
-# stop at max_outbound_bytes (see Broker.deliver for what happens above it),
+# stop at max_outbound_bytes (see Delivery.deliver for what happens above it),
 # and nothing at all may pass Broker.max_unsent (max_outbound_bytes +
 # max_packet_size + max_reply_bytes): a client that keeps sending requests
 # without reading the replies is closed there (output_overflows). A drain
@@ -42,9 +42,11 @@
 import asyncio
 
 from . import codec, handlers, log
+from .message import Message
 from .compat import (const, ticks_ms, ticks_diff, print_exception, peer_text, sleep_ms, stream_reader,
                      unsent, close_stream, write_some, writable)
-from .protocol import ProtocolError
+from .protocol import ProtocolError, AWAIT_CONNECT, ACTIVE
+from .wire311 import WIRE311
 
 _CHUNK = const(4096)
 _shared_buf = bytearray(_CHUNK)
@@ -97,6 +99,8 @@ def _schedule_flush(broker):
 
 
 class Connection:
+    state = AWAIT_CONNECT   # protocol.AWAIT_CONNECT / ACTIVE / REFUSED / DETACHED (the broker moves it)
+    wire = WIRE311          # the wire encoder of the protocol level of its CONNECT (handlers)
     session = None          # set by Broker.connect
     keepalive_ms = 0        # set by Broker.connect
     drain_started_ms = -1   # >= 0 while a write is draining
@@ -135,7 +139,7 @@ class Connection:
     def send(self, data):
         """Queue bytes; never raises. Inside a read loop's chunk `data` may
         also be a memoryview into the shared read buffer
-        (Broker.forward_qos0): the flush at the end of the chunk writes or
+        (forward_qos0): the flush at the end of the chunk writes or
         copies it before the buffer is read into again. Past
         Broker.max_unsent the connection is closed instead (output_overflows);
         a MemoryError closes it too (memory_errors)."""
@@ -220,7 +224,7 @@ class Connection:
             except MemoryError:
                 # no block to join the output into: make room once (what
                 # failed changed nothing yet), then it is this connection's
-                if not self.broker.make_room():
+                if not self.broker.flow.make_room():
                     raise
                 self._flush()
         except MemoryError:
@@ -273,7 +277,7 @@ class Connection:
                 return False
             s = self.session
             if s is not None and s.has_pending():
-                broker.pump(s)  # may queue more: written by this same loop
+                broker.flow.pump(s)  # may queue more: written by this same loop
         return True
 
     def _write_some(self):
@@ -424,6 +428,10 @@ class Connection:
             self.broker.count(e.counter)
             if log.level <= log.INFO:
                 log.info("%s closed: %s", self._name(), e.args[0] if e.args else e)
+            if self.state == ACTIVE:
+                d = self.wire.disconnect(e.reason)  # MQTT 5 says why [MQTT-4.13.1-1]; 3.1.1 just closes
+                if d is not None:
+                    self.send(d)
             self.closing = True
         except MemoryError:
             self._memory_error("handling its packets")
@@ -476,12 +484,12 @@ class Connection:
                 first = data[pos]
                 start = pos + (v & 7)
                 end = v >> 3
-                if first != _QOS0_PUBLISH or not broker.forward_qos0(self, data, pos, start, end):
+                if first != _QOS0_PUBLISH or not forward_qos0(self, data, pos, start, end):
                     handlers.handle(broker, self, first, data, start, end)
                 pos = end
                 if self.closing:
                     break
-                if broker.pressured and broker.should_pause(self):
+                if broker.flow.pressured and broker.flow.should_pause(self):
                     self._paused = True  # stop between packets, not only between reads
                     break
         finally:
@@ -521,7 +529,7 @@ class Connection:
                     self._held = 0
                 s = self.session
                 if s is not None and s.has_pending():
-                    broker.pump(s)
+                    broker.flow.pump(s)
                 if self._done or not self._out or self._pour():
                     break
         except asyncio.CancelledError:
@@ -546,7 +554,7 @@ class Connection:
         broker = self.broker
         waited = 0
         limit = broker.cfg["backpressure_ms"]
-        while waited < limit and broker.should_pause(self):
+        while waited < limit and broker.flow.should_pause(self):
             await sleep_ms(_PAUSE_STEP_MS)
             waited += _PAUSE_STEP_MS
 
@@ -592,3 +600,71 @@ class Connection:
     def _name(self):
         s = self.session
         return "client %s (%s)" % (s.client_id, self.peer) if s is not None else self.peer
+
+
+def forward_qos0(conn, buf, pos, start, end):
+    """The QoS 0 fast path, an optimisation of the full path for a
+    PUBLISH with fixed header 0x30 (QoS 0, retain 0) at buf[pos:end],
+    body at buf[start:end], whose topic was routed before
+    (Subscriptions.route, filled only by topics that passed
+    Broker.check_name): the packet goes byte for byte to every
+    subscriber that speaks the same wire (every delivery of a QoS 0
+    message is QoS 0 and retain 0, and the 3.1 and 3.1.1 layouts are
+    one), the one frame shared by all; no Message is built. It passes
+    the same authorisation point as the full path (Broker.admit).
+    Returns False when it did nothing (not ACTIVE, an MQTT 5 publisher,
+    or the topic is not in the route cache): the caller then takes the
+    full path. A subscriber on another wire (MQTT 5) gets the message
+    through the full path's delivery."""
+    if conn.state != ACTIVE or conn.wire.v5 or end - start < 2:
+        return False
+    t_end = start + 2 + ((buf[start] << 8) | buf[start + 1])
+    if t_end > end:
+        return False
+    broker = conn.broker
+    topic = bytes(buf[start + 2:t_end])
+    route = broker.subs.route(topic)
+    if route is None:
+        return False
+    if not broker.admit(conn.session, topic):
+        return True
+    frame = None
+    others = None
+    flow = broker.flow
+    # heap short: QoS 0 goes only to subscribers that have nothing unsent
+    slack = broker.max_outbound - 1 if broker.heap.level else 0
+    for s in route:
+        c = s.conn
+        if c is None:
+            continue  # QoS 0 is not queued for offline sessions
+        if c.wire.v5 or type(route[s]) is not int or route[s] > 3:
+            others = _gather_item(others, s)  # MQTT 5, or subscription options: the full path's delivery
+            continue
+        if c.room() <= slack:
+            flow.drop_qos0(c)
+            continue
+        if frame is None:
+            # a view, not a copy: the flush at the end of the chunk
+            # writes or copies it before `buf` changes (send())
+            frame = buf[pos:end] if type(buf) is memoryview else bytes(buf[pos:end])
+        c.send(frame)
+        broker.msgs_out += 1
+    if others is not None:
+        p = conn.wire.decode_publish(0, buf, start, end)
+        msg = Message(p.topic, p.payload, 0, False, p.topic_bytes)
+        origin = conn.session
+        for s in others:
+            g = route[s]
+            if type(g) is int and g < 4:
+                flow.deliver(s, msg, 0)
+            else:
+                broker.deliver_opts(s, msg, g, origin)
+    return True
+
+
+def _gather_item(found, item):
+    """found (a list, made on first use) with item appended."""
+    if found is None:
+        found = []
+    found.append(item)
+    return found

@@ -5,51 +5,56 @@
 # normally or raises ProtocolError; the connection layer turns that into a
 # close and a counter. After a refused CONNECT it sets conn.closing so the
 # connection flushes the CONNACK and closes.
-from . import codec, topics
+from . import codec
 from .message import Message
 from .protocol import (
-    ProtocolError, RC_PROTOCOL_ERROR, CONNACK_BAD_PROTOCOL,
+    ProtocolError, RC_PROTOCOL_ERROR, RC_UNSUPPORTED_PROTOCOL, LEVEL_31, AWAIT_CONNECT, ACTIVE, REFUSED,
     CONNECT, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBSCRIBE, UNSUBSCRIBE,
     PINGREQ, DISCONNECT,
 )
+from .wire311 import WIRE311, WIRE31
+
+_AUTH = 15
 
 
 def handle(broker, conn, first, buf, start, end):
     ptype = first >> 4
     flags = first & 0x0F
-    s = conn.session
-    if s is None:
+    if conn.state != ACTIVE:
+        if conn.state != AWAIT_CONNECT:
+            raise ProtocolError("packet after the connection ended", RC_PROTOCOL_ERROR)
         if ptype != CONNECT:
             raise ProtocolError("packet type %d before CONNECT" % ptype, RC_PROTOCOL_ERROR)  # [MQTT-3.1.0-1]
         _connect(broker, conn, flags, buf, start, end)
         return
+    s = conn.session
+    flow = broker.flow
     if ptype == PUBLISH:
         _publish(broker, conn, s, flags, buf, start, end)
     elif ptype == PUBACK:
-        broker.puback(s, codec.decode_pid_only(flags, 0, buf, start, end))
+        flow.puback(s, conn.wire.decode_ack(PUBACK, flags, buf, start, end))
     elif ptype == PUBREC:
-        broker.pubrec(s, codec.decode_pid_only(flags, 0, buf, start, end))
+        flow.pubrec(s, conn.wire.decode_ack(PUBREC, flags, buf, start, end))
     elif ptype == PUBREL:
-        pid = codec.decode_pid_only(flags, 0x02, buf, start, end)
-        if pid in s.in_qos2:
-            s.drop_in_qos2(pid)
-            st = broker.store_for(s)
-            if st is not None:
-                st.in2_del(s, pid)
-        conn.send(codec.pubcomp(pid))  # [MQTT-4.3.3-2]
+        flow.pubrel(conn, s, conn.wire.decode_ack(PUBREL, flags, buf, start, end))
     elif ptype == PUBCOMP:
-        broker.pubcomp(s, codec.decode_pid_only(flags, 0, buf, start, end))
+        flow.pubcomp(s, conn.wire.decode_ack(PUBCOMP, flags, buf, start, end))
     elif ptype == SUBSCRIBE:
-        _subscribe(broker, s, flags, buf, start, end)
+        _subscribe(broker, conn, s, flags, buf, start, end)
     elif ptype == UNSUBSCRIBE:
-        _unsubscribe(broker, conn, s, flags, buf, start, end)
+        _unsubscribe(broker, s, flags, buf, start, end)
     elif ptype == PINGREQ:
         codec.check_empty(flags, start, end)
-        conn.send(codec.PINGRESP)  # [MQTT-3.12.4-1]
+        conn.send(conn.wire.pingresp())  # [MQTT-3.12.4-1]
     elif ptype == DISCONNECT:
-        codec.check_empty(flags, start, end)
-        conn.graceful = True   # no will [MQTT-3.14.4-3]
+        reason, expiry = conn.wire.decode_disconnect(flags, buf, start, end)
+        if expiry >= 0:
+            broker.set_expiry(s, expiry)  # MQTT 5 [MQTT-3.14.2-2]
+        conn.graceful = reason != 0x04  # no will [MQTT-3.14.4-3], unless MQTT 5 asks for it
         conn.closing = True
+    elif ptype == _AUTH and conn.wire.v5:
+        # no enhanced authentication: CONNECT had no Authentication Method
+        raise ProtocolError("AUTH without an authentication method", RC_PROTOCOL_ERROR)  # [MQTT-4.12.0-1]
     elif ptype == CONNECT:
         raise ProtocolError("second CONNECT", RC_PROTOCOL_ERROR)  # [MQTT-3.1.0-2]
     else:
@@ -61,65 +66,56 @@ def handle(broker, conn, first, buf, start, end):
 def _connect(broker, conn, flags, buf, start, end):
     c = codec.decode_connect(flags, buf, start, end)
     if not c.level_ok:
-        conn.send(codec.connack(False, CONNACK_BAD_PROTOCOL))  # [MQTT-3.1.2-2]
+        conn.send(WIRE311.connack(False, RC_UNSUPPORTED_PROTOCOL))  # [MQTT-3.1.2-2]
+        conn.state = REFUSED
         conn.closing = True
         return
+    if c.props is not None:
+        # MQTT 5 code is loaded by the first MQTT 5 client (codec loads
+        # props.py for its CONNECT): a 3.1.1-only hub never pays its heap
+        from .wire5 import Wire5
+        conn.wire = Wire5(broker.cfg, c)
+    elif c.level == LEVEL_31:
+        conn.wire = WIRE31
+    # (3.1.1 is the class default: assigning it would cost every 3.1.1
+    # connection an instance attribute)
     if not broker.connect(conn, c):
         conn.closing = True  # CONNACK with an error, then close [MQTT-3.2.2-5]
 
 
 def _publish(broker, conn, s, flags, buf, start, end):
     try:
-        p = codec.decode_publish(flags, buf, start, end)
+        p = conn.wire.decode_publish(flags, buf, start, end)
         msg = Message(p.topic, p.payload, p.qos, p.retain, p.topic_bytes)
     except MemoryError:
         # no block for the payload: queued messages (a subscriber's, not
         # this publisher's) may be holding the heap; make room, once (the
         # decoding changed nothing)
-        if not broker.make_room():
+        if not broker.flow.make_room():
             raise
-        p = codec.decode_publish(flags, buf, start, end)
+        p = conn.wire.decode_publish(flags, buf, start, end)
         msg = Message(p.topic, p.payload, p.qos, p.retain, p.topic_bytes)
-    topic = p.topic
-    qos = p.qos
-    pid = p.pid
+    if conn.wire.v5:
+        if p.fwd is not None:
+            msg.props = p.fwd
+        if p.expiry_s >= 0:
+            msg.expires_ms = broker.uptime_ms + p.expiry_s * 1000
     if broker.subs.route(msg.topic_bytes) is None:  # a cached topic passed before
-        broker.check_name(topic, len(msg.topic_bytes))
-    broker.msgs_in += 1
-    if qos == 2:
-        if pid in s.in_qos2:
-            # a resent PUBLISH before PUBREL: acknowledge, do not deliver
-            # again (exactly once) [MQTT-4.3.3-2]
-            conn.send(codec.pubrec(pid))
-            return
-        if len(s.in_qos2) >= broker.cfg["max_inflight_in"]:
-            raise ProtocolError("too many QoS 2 messages awaiting PUBREL", 0x93, "inflight_in_exceeded")
-        s.add_in_qos2(pid)
-        st = broker.store_for(s)
-        if st is not None:
-            st.in2_add(s, pid)
-    if topics.is_sys_reserved(topic):
-        broker.count("sys_publish_dropped")
-    else:
-        broker.publish(msg, False, True)
-    if qos == 1:
-        conn.send(codec.puback(pid))  # [MQTT-4.3.2-2]
-    elif qos == 2:
-        conn.send(codec.pubrec(pid))  # [MQTT-4.3.3-2]
+        broker.check_name(p.topic, len(msg.topic_bytes))
+    broker.flow.receive(conn, s, msg, p.pid)
 
 
-
-def _subscribe(broker, s, flags, buf, start, end):
+def _subscribe(broker, conn, s, flags, buf, start, end):
     """The whole packet is validated first (a malformed one changes
     nothing). Only the first max_filters_per_packet filters are decoded;
     the rest are refused unread. A filter longer than max_topic_length is
     refused without being decoded (None)."""
-    pid = codec.check_subscribe(flags, buf, start, end)
+    props = conn.wire.sub_props()
+    pid, pos = codec.check_subscribe(flags, buf, start, end, props)
     cap = broker.cfg["max_filters_per_packet"]
     max_len = broker.max_topic_length
     requests = []
     extra = 0
-    pos = start + 2
     while pos < end:
         a = pos + 2
         n = codec.str_len(buf, pos)
@@ -128,16 +124,18 @@ def _subscribe(broker, s, flags, buf, start, end):
             extra += 1
         else:
             requests.append((codec.str_at(buf, a, n) if n <= max_len else None, buf[a + n]))
-    broker.subscribe(s, pid, requests, extra)
+    broker.subscribe(s, pid, requests, extra, props.sub_id if props is not None else 0)
 
 
-def _unsubscribe(broker, conn, s, flags, buf, start, end):
-    """Validated first, then one filter decoded at a time."""
-    pid = codec.check_unsubscribe(flags, buf, start, end)
-    pos = start + 2
+def _unsubscribe(broker, s, flags, buf, start, end):
+    """Validated first, then one filter decoded at a time; one code per
+    filter (the MQTT 5 UNSUBACK carries them)."""
+    conn = s.conn
+    pid, pos = codec.check_unsubscribe(flags, buf, start, end, conn.wire.sub_props())
+    codes = bytearray()
     while pos < end:
         a = pos + 2
         n = codec.str_len(buf, pos)
         pos = a + n
-        broker.unsubscribe_filter(s, codec.str_at(buf, a, n))
-    conn.send(codec.unsuback(pid))  # [MQTT-3.10.4-4]
+        codes.append(0 if broker.unsubscribe_filter(s, codec.str_at(buf, a, n)) else 0x11)
+    conn.send(conn.wire.unsuback(pid, codes))  # [MQTT-3.10.4-4]

@@ -6,7 +6,7 @@
 #   collection is under heap_reserve_bytes, 2 (CRITICAL) when it is under
 #   half of that. What each level refuses or drops is decided where the work is done
 #   (server.py, broker.py); README "Heap contract" lists the steps. While
-#   CRITICAL, on_critical() is called after each check (Broker.relieve_heap
+#   CRITICAL, on_critical() is called after each check (Delivery.relieve_heap
 #   drops the oldest queued messages of the largest queue).
 # - check(now) is cheap enough for every tick and every chunk read: it reads
 #   the free heap (gc.mem_free(): no collection) and collects only when
@@ -15,7 +15,7 @@
 #   whether a block of one packet fits (socket churn alone left no 4 KB
 #   block with 70 KB free on the ESP32 budget, and a board filled to its
 #   caps has none with 31 KB free), and refusing work then would lock
-#   clients out for nothing. Broker.make_room answers the allocation that
+#   clients out for nothing. Delivery.make_room answers the allocation that
 #   fails, with fits() to see when it has given back enough. Between two checks the read loop spends a
 #   budget of input bytes (spend()), sized from the free heap so that a full
 #   heap is checked often and an empty one rarely.
@@ -87,7 +87,7 @@ class HeapGuard:
             self.on_critical()
 
     def fits(self):
-        """After heap was given back (Broker.make_room): collect, then
+        """After heap was given back (Delivery.make_room): collect, then
         whether a buffer of one packet can be allocated (it is dropped at
         once)."""
         gc.collect()

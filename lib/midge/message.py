@@ -11,6 +11,12 @@ class Message:
 
     retain = False  # retain flag as published (class default: most are not)
     _head0 = None   # cached head of its QoS 0, retain 0 PUBLISH, once built
+    # MQTT 5 (class defaults: a message without them pays nothing)
+    props = None    # the properties forwarded unchanged [MQTT-3.3.2-15..20]: their
+                    # encoded bytes in the order received (props.decode `fwd`)
+    expires_ms = 0  # Broker.uptime_ms after which it is not delivered [MQTT-3.3.2-5]; 0: never
+    expiry_s = -1   # a will's Message Expiry Interval, applied when it is published
+    delay_s = 0     # a will's Will Delay Interval [MQTT-3.1.3-9]
 
     def __init__(self, topic, payload, qos, retain, topic_bytes=None):
         self.topic = topic                # str, validated
@@ -23,7 +29,8 @@ class Message:
 
     def size(self):
         """Bytes this message counts against byte caps."""
-        return len(self.topic_bytes) + len(self.payload)
+        p = self.props
+        return len(self.topic_bytes) + len(self.payload) + (len(p) if p is not None else 0)
 
     def head0(self):
         """Head of the QoS 0 PUBLISH for live forwarding (retain 0

@@ -19,6 +19,7 @@ from .broker import Broker, VERSION
 from .compat import (const, ticks_ms, ticks_diff, set_nodelay, mem_free, sleep_ms, print_exception,
                      on_sigterm, MICROPYTHON, close_stream, listen_socket, accept_forever)
 from .errors import ConfigError
+from .protocol import AWAIT_CONNECT
 from .connection import Connection, flush_dirty
 
 _TICK_MS = const(250)
@@ -120,7 +121,7 @@ class Server:
         completed CONNECT. True if one was closed."""
         victim = None
         for c in self.conns:
-            if c.session is None and not c.closing and (
+            if c.state == AWAIT_CONNECT and not c.closing and (
                     victim is None or ticks_diff(c.opened_ms, victim.opened_ms) < 0):
                 victim = c
         if victim is None:
@@ -139,7 +140,7 @@ class Server:
         for conn in self.conns:
             if conn.closing:
                 continue  # Connection._finish bounds its own last write
-            if conn.session is None and ticks_diff(now, conn.opened_ms) > connect_ms:
+            if conn.state == AWAIT_CONNECT and ticks_diff(now, conn.opened_ms) > connect_ms:
                 broker.count("connect_timeouts")
                 log.info("%s closed: no CONNECT within %d ms", conn.peer, connect_ms)
                 conn.close()

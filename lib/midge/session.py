@@ -19,6 +19,9 @@ class Session:
     # has. The containers are the shared empty tuple until first used (the
     # add_*/drop_* methods below), and return to it when emptied.
     sid = 0               # number in the store's records; set when first persisted
+    store = None          # the Store that persists this session (clean session 0 and a
+                          # store configured), else None: every change to persisted state
+                          # goes through this handle
     conn = None           # attached Connection, or None when offline
     will = None           # Message published on an unclean close
     inflight = ()         # [pid, msg, qos, retain, state] in send order; len <= max_inflight
@@ -33,6 +36,10 @@ class Session:
     in_qos2 = ()          # inbound QoS 2 pids received, PUBREL not yet [MQTT-4.3.3-2]
     serial = 0            # creation order (Broker); 0 for sessions loaded from the store,
                           # which were all created before any new one (sid orders those)
+    window = 0            # MQTT 5: the client's Receive Maximum when under max_inflight
+                          # (0: max_inflight is the window)
+    expiry_s = -1         # MQTT 5: Session Expiry Interval granted (-1: session_expiry_s applies)
+    will_due_ms = 0       # MQTT 5: Broker.uptime_ms when a delayed will is published (0: none)
     _next_pid = 1
 
     def __init__(self, client_id, clean, now_ms):

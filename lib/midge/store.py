@@ -64,6 +64,8 @@ R_IN2_DEL = const(14)    # cid, pid
 R_WILL = const(15)       # cid, topic, qos, retain, payload: connected with a will
 R_WILL_DEL = const(16)   # cid
 R_INFLIGHT_COMP = const(17)  # cid, pid: (snapshot) inflight awaiting PUBCOMP
+R_SUB5 = const(18)       # cid, filter, u32 grant: an MQTT 5 subscription with options
+                         # and/or a subscription identifier (Broker._subscribe_filter)
 
 _SNAP = "midge.snap"   # snapshot: header + records
 _TMP = "midge.tmp"     # snapshot being written; renamed over _SNAP when complete
@@ -210,8 +212,13 @@ class Store:
     def session_del(self, s):
         self._rec(R_SESSION_DEL, self._sid(s))
 
-    def sub(self, s, filt, qos):
-        self._rec(R_SUB, self._sid(s) + _s16(filt.encode()) + bytes((qos,)))
+    def sub(self, s, filt, grant):
+        """grant: the QoS (0..2; an R_SUB as ever), or an MQTT 5 grant with
+        options and a subscription identifier (R_SUB5, four bytes)."""
+        if grant < 4:
+            self._rec(R_SUB, self._sid(s) + _s16(filt.encode()) + bytes((grant,)))
+        else:
+            self._rec(R_SUB5, self._sid(s) + _s16(filt.encode()) + struct.pack(">I", grant))
 
     def unsub(self, s, filt):
         self._rec(R_UNSUB, self._sid(s) + _s16(filt.encode()))
@@ -458,8 +465,8 @@ class Store:
                 else:
                     self.inflight(s, e[1], e[0], e[2], e[3])
                 yield self._take()
-            for msg, qos in s.queue:
-                self.queue(s, msg, qos)
+            for e in s.queue:
+                self.queue(s, e[0], e[1])
                 yield self._take()
             for pid in s.in_qos2:
                 self.in2_add(s, pid)

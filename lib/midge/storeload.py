@@ -24,7 +24,7 @@ from .message import Message
 from .session import Session, AWAIT_ACK, AWAIT_COMP
 from .store import (StoreError, MAGIC, VERSION, _errtext, R_RETAIN, R_SESSION, R_SESSION_DEL, R_SUB,
                     R_UNSUB, R_MSG, R_QUEUE, R_DROP, R_SEND, R_INFLIGHT, R_COMP, R_DONE, R_IN2_ADD,
-                    R_IN2_DEL, R_WILL, R_WILL_DEL, R_INFLIGHT_COMP)
+                    R_IN2_DEL, R_WILL, R_WILL_DEL, R_INFLIGHT_COMP, R_SUB5)
 
 _SNAP_HEAD = const(16)   # b"MIDG" | version | 3 zero | base | CRC of the 12 before
 _SEG_HEAD = const(20)    # b"MIDJ" | version | 3 zero | seq | base | CRC of the 16 before
@@ -492,6 +492,7 @@ def _apply(st, broker, rtype, r, msgs, online):
         s = broker.sessions.get(cid)
         if s is None:
             s = broker.sessions[cid] = Session(cid, False, broker.now_ms())
+            s.store = st
         s.sid = sid
         st._sids[sid] = s
         if sid >= st._next_sid:
@@ -509,16 +510,19 @@ def _apply(st, broker, rtype, r, msgs, online):
     elif rtype == R_SUB:
         filt = r.s()
         broker.restore_sub(s, filt, r.u8())
+    elif rtype == R_SUB5:
+        filt = r.s()
+        broker.restore_sub(s, filt, r.u32())
     elif rtype == R_UNSUB:
         broker.restore_unsub(s, r.s())
     elif rtype == R_QUEUE:
         msg = _ref(msgs, r.u32())
-        broker.restore_queue(s, msg, r.u8())
+        broker.flow.restore_queue(s, msg, r.u8())
     elif rtype == R_DROP:
-        msg, qos = broker.dequeue(s)
+        msg, qos = broker.flow.dequeue(s)
         _unref(msgs, msg)
     elif rtype == R_SEND:
-        msg, qos = broker.dequeue(s)
+        msg, qos = broker.flow.dequeue(s)
         s.add_inflight([r.u16(), msg, qos, False, AWAIT_ACK])
     elif rtype == R_INFLIGHT:
         msg = _ref(msgs, r.u32())

@@ -2,7 +2,13 @@
 # the branches its topic can match (never a scan of all filters).
 #
 # Each node (trie.Node) holds the subscribers whose filter ends there:
-# {session: granted_qos}.
+# {session: grant}. A grant is the granted QoS (0..2) for a 3.1.1
+# subscription and for an MQTT 5 one without options; else the QoS with
+# No Local (4) and Retain As Published (8) and the subscription identifier
+# shifted left by 4 (Broker._subscribe_filter). A route maps each matching
+# session to one grant, or, where several subscriptions of one session
+# match and one has options, to a tuple of their grants
+# (Broker.deliver_opts delivers one copy for them all).
 
 
 from . import trie
@@ -11,7 +17,7 @@ from .compat import const
 # Route cache: topic name (bytes) -> {session: highest granted qos}, the
 # result of match() for a topic clients publish to again and again (sensor
 # readings), used by Broker.publish and the QoS 0 forwarding fast path
-# (Broker.forward_qos0). A topic is only cached after it passed
+# (Connection._forward_qos0). A topic is only cached after it passed
 # Broker.check_name. Any subscription change empties it; when full it is
 # emptied before an insert.
 _ROUTES_MAX = const(16)
@@ -26,6 +32,11 @@ class Subscriptions:
     def route(self, topic_bytes):
         """Cached sessions for a topic, or None if not cached."""
         return self._routes.get(topic_bytes)
+
+    def forget_routes(self):
+        """Empty the route cache (a change elsewhere, a new shared
+        subscription group, may make a cached route incomplete)."""
+        self._routes.clear()
 
     def cache_route(self, topic_bytes, sessions):
         r = self._routes
@@ -69,8 +80,13 @@ def _add_all(subs, out):
     for s in subs:
         q = subs[s]
         old = out.get(s)
-        if old is None or q > old:
+        if old is None:
             out[s] = q
+        elif q < 4 and type(old) is int and old < 4:
+            if q > old:
+                out[s] = q  # plain grants: the highest QoS [MQTT-3.3.5-1]
+        else:
+            out[s] = (old + (q,)) if type(old) is tuple else (old, q)
 
 
 def _match(node, levels, i, n, out, dollar):

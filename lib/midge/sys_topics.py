@@ -20,7 +20,7 @@ def snapshot(broker):
         ("$SYS/broker/bytes/received", str(broker.bytes_in)),
         ("$SYS/broker/bytes/sent", str(broker.bytes_out)),
         ("$SYS/broker/retained/count", str(broker.retained.count)),
-        ("$SYS/broker/subscriptions/count", str(broker.subs.count)),
+        ("$SYS/broker/subscriptions/count", str(broker.subs.count + broker.shared_members)),
         ("$SYS/broker/heap/free", str(mem_free())),
         ("$SYS/broker/heap/alloc", str(mem_alloc())),
         ("$SYS/broker/heap/shedding", str(broker.heap.level)),

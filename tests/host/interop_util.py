@@ -79,7 +79,8 @@ class PahoClient:
     be killed abruptly, without DISCONNECT, to trigger a will."""
 
     def __init__(self, port, client_id="", clean_session=True, protocol=None,
-                 keepalive=30, will=None, username=None, password=None):
+                 keepalive=30, will=None, username=None, password=None, properties=None,
+                 clean_start=True):
         require_paho()
         self.port = port
         self.keepalive = keepalive
@@ -99,6 +100,11 @@ class PahoClient:
             self.c.username_pw_set(username, password)
         self.cond = threading.Condition()
         self.messages = []
+        self.received = []      # the paho MQTTMessage objects (MQTT 5: .properties)
+        self.connect_properties = properties  # MQTT 5 CONNECT properties (paho Properties)
+        self.clean_start = clean_start        # MQTT 5 Clean Start
+        self.connack_properties = []
+        self.disconnect_properties = []
         self.connacks = []      # (session_present, reason_code)
         self.disconnects = []   # reason_code
         self.subacks = {}       # mid -> [reason codes]
@@ -116,17 +122,20 @@ class PahoClient:
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         with self.cond:
             self.connacks.append((bool(flags.session_present), reason_code))
+            self.connack_properties.append(properties)
             self.cond.notify_all()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         with self.cond:
             self.disconnects.append(reason_code)
+            self.disconnect_properties.append(properties)
             self.cond.notify_all()
 
     def _on_message(self, client, userdata, m):
         with self.cond:
             self.messages.append(
                 Msg(m.topic, bytes(m.payload), m.qos, bool(m.retain), bool(m.dup)))
+            self.received.append(m)
             self.cond.notify_all()
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
@@ -164,7 +173,11 @@ class PahoClient:
         # the test thread only queue packets instead of also writing to the
         # socket themselves: two writers could reorder packets.
         self.c._thread = self._thread
-        self.c.connect(HOST, self.port, self.keepalive)
+        if self.c.protocol == mqtt.MQTTv5:
+            self.c.connect(HOST, self.port, self.keepalive, clean_start=self.clean_start,
+                           properties=self.connect_properties)
+        else:
+            self.c.connect(HOST, self.port, self.keepalive)
         self._thread.start()
         self._wait(lambda: self.connacks or self.lost, timeout, "CONNACK")
         if not self.connacks:
@@ -174,13 +187,16 @@ class PahoClient:
             assert not rc.is_failure, "CONNACK refused: %s" % rc
         return sp, rc
 
-    def subscribe(self, topic, qos=0, timeout=5.0):
+    def subscribe(self, topic, qos=0, timeout=5.0, options=None, properties=None):
         """Subscribe to one filter or a list of (filter, qos); wait for SUBACK
-        and return the granted QoS values as ints (128 = failure)."""
+        and return the granted QoS values as ints (128 = failure). MQTT 5:
+        options (paho SubscribeOptions) instead of qos, properties."""
         if isinstance(topic, list):
-            rc, mid = self.c.subscribe(topic)
+            rc, mid = self.c.subscribe(topic, properties=properties)
+        elif options is not None:
+            rc, mid = self.c.subscribe(topic, options=options, properties=properties)
         else:
-            rc, mid = self.c.subscribe(topic, qos)
+            rc, mid = self.c.subscribe(topic, qos, properties=properties)
         assert rc == mqtt.MQTT_ERR_SUCCESS, "subscribe not sent: %s" % rc
         self._wait(lambda: mid in self.subacks, timeout, "SUBACK")
         return [int(getattr(r, "value", r)) for r in self.subacks[mid]]
@@ -190,8 +206,8 @@ class PahoClient:
         assert rc == mqtt.MQTT_ERR_SUCCESS, "unsubscribe not sent: %s" % rc
         self._wait(lambda: mid in self.unsubacks, timeout, "UNSUBACK")
 
-    def publish(self, topic, payload=b"", qos=0, retain=False, wait=True, timeout=5.0):
-        info = self.c.publish(topic, payload, qos, retain)
+    def publish(self, topic, payload=b"", qos=0, retain=False, wait=True, timeout=5.0, properties=None):
+        info = self.c.publish(topic, payload, qos, retain, properties=properties)
         assert info.rc == mqtt.MQTT_ERR_SUCCESS, "publish not queued: %s" % info.rc
         if wait:
             self.wait_published(info, timeout)
@@ -232,6 +248,7 @@ class PahoClient:
     def clear(self):
         with self.cond:
             del self.messages[:]
+            del self.received[:]
 
     def disconnect(self, timeout=5.0):
         """Clean DISCONNECT, then stop the network thread."""

@@ -30,7 +30,7 @@ def test_mqisdp_protocol_level_3_accepted(broker):
 
 
 def test_unsupported_protocol_level_rc1_then_close(broker):
-    for level in (5, 2, 0xFF):
+    for level in (6, 2, 0xFF):
         c = broker.raw()
         ack = c.handshake("x", protocol_level=level)
         # [MQTT-3.1.2-2]: CONNACK 0x01 then disconnect.

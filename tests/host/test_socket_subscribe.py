@@ -6,17 +6,31 @@ import mqttspec as m
 def test_suback_codes_several_filters(broker):
     c = broker.client("c")
     c.send(m.subscribe(321, [("a/b", 0), ("c/+", 1), ("d/#", 2), ("a/#/b", 0),
-                             ("e+/f", 1), ("g/#h", 2), ("", 1), ("+/+/#", 2)]))
+                             ("e+/f", 1), ("g/#h", 2), ("+/+/#", 2)]))
     ack = c.expect("suback", pid=321)
     # [MQTT-3.8.4-5] one code per filter, in order; 0x80 for each invalid
-    # filter [MQTT-4.7.1-2, 4.7.1-3, 4.7.3-1].
-    assert ack["codes"] == [0, 1, 2, 0x80, 0x80, 0x80, 0x80, 2]
+    # filter [MQTT-4.7.1-2, 4.7.1-3] (a zero-length one [MQTT-4.7.3-1] is a
+    # malformed packet: test_zero_length_filter_closes)
+    assert ack["codes"] == [0, 1, 2, 0x80, 0x80, 0x80, 2]
     # The valid ones work, the connection stays open.
     p = broker.client("p")
     for topic in ("a/b", "c/x", "d/e/f", "z/y/x"):
         p.publish(topic, b"ok")
     got = sorted(x["topic"] for x in c.publishes(0.3))
     assert got == sorted(["a/b", "c/x", "d/e/f", "z/y/x"])
+
+
+def test_zero_length_filter_closes(broker):
+    # [MQTT-4.7.3-1]: a topic filter is at least one character; a SUBSCRIBE
+    # or UNSUBSCRIBE with an empty one is malformed and closes (mosquitto
+    # does the same), and changes nothing
+    for pkt in (m.subscribe(1, [("ok", 0), ("", 1)]), m.unsubscribe(2, ["ok", ""])):
+        c = broker.client("z")
+        c.send(pkt)
+        assert c.closed(2.0)
+    c = broker.client("z")
+    c.send(m.subscribe(3, [("ok", 0)]))
+    assert c.expect("suback", pid=3)["codes"] == [0]
 
 
 def test_matching_rules(broker):

@@ -1002,12 +1002,12 @@ class Context:
         retained, ids = fuzzlib.effects(case)
         for t in case.retained + retained:
             if t and "+" not in t and "#" not in t and fuzzlib._within_limits(t) and not (
-                    t.startswith("$SYS/") or t == "$SYS"):
+                    t.startswith("$SYS/") or t == "$SYS") and not fuzzlib.has_controls(t):
                 self.retained.add(t)
         keep = 3 * int(self.broker.cfg.get("max_sessions", 16))
         for cid in case.persistent + ids:
-            if len(cid) > 64:
-                continue  # refused with CONNACK 2: never a session
+            if len(cid) > 64 or fuzzlib.has_controls(cid):
+                continue  # refused (CONNACK 2, or closed): never a session
             self.persistent.pop(cid, None)
             self.persistent[cid] = True
             while len(self.persistent) > keep:

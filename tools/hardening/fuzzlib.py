@@ -142,6 +142,13 @@ def _within_limits(s, max_length=128, max_levels=8):
     return len(s.encode("utf-8")) <= max_length and s.count("/") < max_levels
 
 
+def has_controls(s):
+    """A control character U+0001..U+001F or U+007F..U+009F: midge closes
+    a connection that sends one in a topic, filter, client id, user name
+    or will topic (README, "Protocol"), so nothing with one is stored."""
+    return any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in s)
+
+
 def _payload(rng):
     r = rng.random()
     if r < 0.1:
@@ -218,7 +225,7 @@ def _connect(sc, case, rng):
     elif r < 0.98:
         proto = ("MQIsdp", 3)
     else:
-        proto = ("MQTT", 5)  # CONNACK 1
+        proto = ("MQTT", 6)  # a level midge does not speak: CONNACK 1
     will = None
     kw = {}
     if rng.random() < 0.3:
@@ -237,12 +244,14 @@ def _connect(sc, case, rng):
         case.persistent.append(cid)
     if will is not None and will[2]:
         case.retained.append(will[0])
-    if proto[1] == 5:
+    if proto[1] == 6:
         sc.expect["connack"] = 1
     elif len(cid) > 64:  # past max_client_id_length (64, all boards)
         sc.expect["connack"] = 2
     elif cid == "" and not clean:
         sc.expect["connack"] = 2
+    elif proto[1] == 3 and not 1 <= len(cid) <= 23:
+        sc.expect["connack"] = 2  # MQTT 3.1: client ids of 1 to 23 characters
     sc.add("CONNECT", m.connect(cid, clean=clean, keepalive=keepalive, protocol_name=proto[0],
                                 protocol_level=proto[1], **kw))
 
@@ -545,9 +554,15 @@ def effects(case):
         if pkt is None:
             break
         data = data[used:]
-        if pkt["type"] == "publish" and pkt["retain"]:
-            retained.append(pkt["topic"])
+        if pkt["type"] == "publish":
+            if has_controls(pkt["topic"]):
+                break  # closed here
+            if pkt["retain"]:
+                retained.append(pkt["topic"])
         elif pkt["type"] == "connect" and first:
+            if any(x is not None and has_controls(x) for x in
+                   (pkt["client_id"], pkt["will_topic"], pkt.get("username"))):
+                break  # refused: closed without a session or a will
             if pkt["will_topic"] is not None and pkt["will_retain"]:
                 retained.append(pkt["will_topic"])
             if not pkt["clean"] and pkt["client_id"]:
