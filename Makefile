@@ -3,7 +3,7 @@
 #
 #   make run  [BOARD=esp32|pico_w] [PORT=1883] [HOST=127.0.0.1] [INTERP=micropython|cpython]
 #             [ARGS="--store DIR --config FILE ..."]   extra midge flags
-#   make test [MP_HEAPSIZE=2M]     whole suite on MicroPython and CPython
+#   make test [MP_HEAPSIZE=3M]     whole suite on MicroPython and CPython
 #   make setup                     .venv only (tools/setup.sh)
 #   make clean
 
@@ -12,7 +12,7 @@ PORT ?= 1883
 HOST ?= 127.0.0.1
 INTERP ?= micropython
 ARGS ?=
-MP_HEAPSIZE ?= 2M
+MP_HEAPSIZE ?= 3M
 
 .PHONY: run test setup clean
 

@@ -1108,3 +1108,13 @@ def test_a_memory_error_while_handling_a_memory_error_still_detaches_and_closes(
         await t
     run(main())
     assert w.closed and reg == [] and b.online == 0
+
+
+def test_inlined_state_constant_agrees_with_protocol():
+    # connection.py inlines protocol.ACTIVE as a private const (no global
+    # lookup on the fast path); they must not drift apart
+    import midge.connection as c
+    from midge.protocol import ACTIVE
+    assert c.__file__.endswith(".py")  # the tests run the source
+    with open(c.__file__) as f:
+        assert "_ACTIVE = const(%d)" % ACTIVE in f.read()

@@ -69,6 +69,13 @@ class FakeConn:
     def close(self):
         self.closed += 1
 
+    @property
+    def _out_bytes(self):
+        """Bytes queued and not drained, as Connection keeps them: room()
+        is max_outbound minus this (the QoS 0 fast path reads it instead
+        of calling room())."""
+        return self.broker.max_outbound - self.room()
+
     def take(self):
         """Every packet sent since the last take(), parsed by mqttspec."""
         pkts, rest = m.parse_all(self.out)

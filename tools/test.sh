@@ -17,7 +17,9 @@
 # failure so that the totals never read "0 failed" on a failing run.
 #
 # Environment:
-#   MP_HEAPSIZE=2M         heap cap of the MicroPython unit-test run
+#   MP_HEAPSIZE=3M         heap cap of the MicroPython unit-test run (one process holds every
+#                          test module and lib/midge compiled from source: 2M was too small
+#                          once the MQTT 5 tests came)
 #   MP_TIMEOUT=900         seconds before the MicroPython run is killed
 #   PYTEST_ARGS="..."      extra pytest arguments, e.g. "-x -k retained"
 #   MPTEST_ARGS="..."      extra mptest.py arguments, e.g. "-k codec"
@@ -26,7 +28,7 @@ set -uo pipefail   # no -e: both runs always happen, failures are counted
 
 cd "$(dirname "$0")/.."
 
-MP_HEAPSIZE=${MP_HEAPSIZE:-2M}
+MP_HEAPSIZE=${MP_HEAPSIZE:-3M}
 MP_TIMEOUT=${MP_TIMEOUT:-900}
 RESULTS=.test-results
 mkdir -p "$RESULTS"

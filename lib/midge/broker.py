@@ -11,7 +11,9 @@
 #                        raises: past max_unsent or on MemoryError the
 #                        connection closes itself)
 #   conn.room()          bytes that may still be queued before the
-#                        max_outbound_bytes cap (<= 0: congested)
+#                        max_outbound_bytes cap (<= 0: congested); the same
+#                        as max_outbound - conn._out_bytes, which the QoS 0
+#                        fast path reads directly
 #   conn.close()         ask the connection to close (takeover, keepalive);
 #                        it later calls Broker.detach(conn, graceful)
 #   conn.session         the attached Session or None (set by the broker)
@@ -32,7 +34,7 @@
 from . import log
 from .compat import ticks_ms, ticks_diff
 from .delivery import Delivery
-from .message import Message
+from .message import Message, expiry_at
 from .protocol import (
     SUBACK_FAILURE, ProtocolError, RC_TOPIC_NAME_INVALID, RC_PROTOCOL_ERROR, RC_CLIENT_ID_NOT_VALID,
     RC_SERVER_UNAVAILABLE, RC_NOT_AUTHORIZED, RC_QUOTA_EXCEEDED, RC_SESSION_TAKEN_OVER,
@@ -76,6 +78,8 @@ class Broker:
         self.uptime_ms = 0
         self.sessions = {}          # client_id -> Session
         self.online = 0             # sessions with a connection
+        self.v5_online = 0          # of them, on an MQTT 5 wire (the QoS 0 fast path
+                                    # looks at each subscriber's wire only while this is > 0)
         self.subs = Subscriptions()
         # Shared subscriptions (shared.py, loaded by the first one): share
         # name -> Group, and a trie of the groups' filters whose
@@ -143,7 +147,7 @@ class Broker:
         if st is None:
             return
         for will in st.open(self):
-            self.publish(will)
+            self._publish_will(will)
         for s in self.sessions.values():
             s.last_seen_ms = self.uptime_ms
         self.commit()
@@ -276,6 +280,9 @@ class Broker:
         # 3.1.1 session heap it never needs)
         if s.expiry_s != expiry:
             s.expiry_s = expiry
+            st = s.store
+            if st is not None:
+                st.expiry(s)
         window = p.receive_max if p is not None and p.receive_max < self.flow.max_inflight else 0
         if s.window != window:
             s.window = window
@@ -290,6 +297,8 @@ class Broker:
         s.last_seen_ms = now
         conn.session = s
         conn.state = ACTIVE
+        if conn.wire.v5:
+            self.v5_online += 1
         conn.keepalive_ms = c.keepalive_s * 1000
         self.online += 1
         conn.send(conn.wire.connack(present, 0, self, s))  # [MQTT-3.2.2-1..3]
@@ -323,6 +332,9 @@ class Broker:
             raise ProtocolError("session expiry set on DISCONNECT after 0 in CONNECT", RC_PROTOCOL_ERROR)
         cap = self.cfg["session_expiry_s"]
         s.expiry_s = cap if cap and expiry_s > cap else expiry_s
+        st = s.store
+        if st is not None and expiry_s:
+            st.expiry(s)
         if not expiry_s and not s.clean:
             s.clean = True  # ends with this connection
             st = s.store
@@ -352,6 +364,8 @@ class Broker:
             return
         s.conn = None
         self.online -= 1
+        if conn.wire.v5:
+            self.v5_online -= 1
         self.flow.pressured.pop(s, None)
         s.last_seen_ms = self.now_ms()
         will = s.will
@@ -378,7 +392,7 @@ class Broker:
             self.count("sys_publish_dropped")
             return
         if will.expiry_s >= 0:
-            will.expires_ms = self.uptime_ms + will.expiry_s * 1000
+            will.expires_ms = expiry_at(self.uptime_ms, will.expiry_s)
         self.publish(will)
 
     def _will_due(self, s):
@@ -490,24 +504,33 @@ class Broker:
             elif not self.retained.set(levels, msg, exempt):
                 self.count("retained_refused")
             elif not exempt and self.store is not None:
-                self.store.retain(msg.topic, msg.qos, msg.payload)
+                self.store.retain(msg)
         hit = None
+        plain = True  # every grant a plain QoS (a cached route always is)
         if route is None:
             route = {}
             self.subs.match(levels, route)
+            for s in route:
+                q = route[s]
+                if type(q) is not int or q > 3:
+                    plain = False
+                    break
             if self.groups:
                 hit = {}
                 self.shared.match(levels, hit)
-            # a topic some group matches is never cached: the fast path
-            # knows nothing of groups (a new group empties the cache)
-            if cache_route and not hit:
+            # cached: only plain routes of topics no group matches (the
+            # fast path knows neither options nor groups; a new group
+            # empties the cache)
+            if cache_route and plain and not hit:
                 self.subs.cache_route(msg.topic_bytes, route)
         mq = msg.qos
         deliver = self.flow.deliver
         for s in route:
             q = route[s]
             try:
-                if type(q) is int and q < 4:
+                if plain:
+                    deliver(s, msg, q if q < mq else mq)
+                elif type(q) is int and q < 4:
                     deliver(s, msg, q if q < mq else mq)
                 else:
                     self.deliver_opts(s, msg, q, origin)

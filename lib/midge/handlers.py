@@ -6,7 +6,7 @@
 # close and a counter. After a refused CONNECT it sets conn.closing so the
 # connection flushes the CONNACK and closes.
 from . import codec
-from .message import Message
+from .message import Message, expiry_at
 from .protocol import (
     ProtocolError, RC_PROTOCOL_ERROR, RC_UNSUPPORTED_PROTOCOL, LEVEL_31, AWAIT_CONNECT, ACTIVE, REFUSED,
     CONNECT, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBSCRIBE, UNSUBSCRIBE,
@@ -99,7 +99,7 @@ def _publish(broker, conn, s, flags, buf, start, end):
         if p.fwd is not None:
             msg.props = p.fwd
         if p.expiry_s >= 0:
-            msg.expires_ms = broker.uptime_ms + p.expiry_s * 1000
+            msg.expires_ms = expiry_at(broker.uptime_ms, p.expiry_s)
     if broker.subs.route(msg.topic_bytes) is None:  # a cached topic passed before
         broker.check_name(p.topic, len(msg.topic_bytes))
     broker.flow.receive(conn, s, msg, p.pid)

@@ -3,6 +3,14 @@
 from . import codec
 
 
+def expiry_at(now_ms, seconds):
+    """Message.expires_ms for an MQTT 5 Message Expiry Interval of
+    `seconds` counted from broker time now_ms (never 0, which means
+    "does not expire")."""
+    t = now_ms + seconds * 1000
+    return t if t else 1
+
+
 class Message:
     # Set by the store when the message body is written to the log (class
     # defaults cost no per-instance heap until then).

@@ -66,6 +66,12 @@ R_WILL_DEL = const(16)   # cid
 R_INFLIGHT_COMP = const(17)  # cid, pid: (snapshot) inflight awaiting PUBCOMP
 R_SUB5 = const(18)       # cid, filter, u32 grant: an MQTT 5 subscription with options
                          # and/or a subscription identifier (Broker._subscribe_filter)
+R_EXPIRY = const(19)     # cid, u32: an MQTT 5 session's Session Expiry Interval
+R_MSG5 = const(20)       # mid, topic, qos, u32 expiry left, props blob, payload: a message
+                         # body with MQTT 5 properties or a Message Expiry Interval
+R_RETAIN5 = const(21)    # topic, qos, u32 expiry left, props blob, payload: R_RETAIN, MQTT 5
+R_WILL5 = const(22)      # cid, topic, qos, retain, u32 delay, u32 expiry, props blob, payload
+_NO_EXPIRY = const(0xFFFFFFFF)  # "no Message Expiry Interval" in the u32 expiry fields
 
 _SNAP = "midge.snap"   # snapshot: header + records
 _TMP = "midge.tmp"     # snapshot being written; renamed over _SNAP when complete
@@ -141,7 +147,8 @@ class Store:
         self._snap_size = 0             # bytes in the snapshot file
         self._journal = 0               # bytes in journal segments base..seq-1
         self._buf = bytearray()         # encoded records not yet written
-        self._retain = {}               # topic -> (qos, payload): coalesced retained updates
+        self._retain = {}               # topic -> Message: coalesced retained updates
+        self._broker = None             # set by open(): its uptime_ms dates message expiry
         self._urgent = False            # something acknowledged waits in the buffer
         self._since_ms = -1             # broker ms of the oldest unwritten record
         self._at = directory            # path of the file operation under way (for messages)
@@ -192,16 +199,48 @@ class Store:
                 msg.mid = self._next_mid
                 self._next_mid += 1
             msg.store_gen = self.gen
-            self._rec(R_MSG, struct.pack(">I", msg.mid) + _s16(msg.topic_bytes)
-                      + bytes((msg.qos,)) + _b32(msg.payload))
+            p = msg.props
+            if p is None and not msg.expires_ms:
+                self._rec(R_MSG, struct.pack(">I", msg.mid) + _s16(msg.topic_bytes)
+                          + bytes((msg.qos,)) + _b32(msg.payload))
+            else:
+                self._rec(R_MSG5, struct.pack(">I", msg.mid) + _s16(msg.topic_bytes) + bytes((msg.qos,))
+                          + struct.pack(">I", self._expiry_left(msg)) + _b32(p or b"") + _b32(msg.payload))
         return msg.mid
 
-    def retain(self, topic, qos, payload):
+    def retain(self, msg):
         """Retained updates are coalesced per topic until written; a QoS 1/2
         one is urgent (its PUBACK/PUBREC waits for it)."""
-        self._retain[topic] = (qos, payload)
-        if qos:
+        self._retain[msg.topic] = msg
+        if msg.qos:
             self._urgent = True
+
+    def _expiry_left(self, msg):
+        """Seconds a message has left (persisted as what is left, not as a
+        time: the clock restarts at boot), or _NO_EXPIRY."""
+        e = msg.expires_ms
+        if not e:
+            return _NO_EXPIRY
+        left = (e - self.uptime_ms()) // 1000
+        return left if left > 0 else 0
+
+    def _retain_rec(self, msg, urgent=True):
+        p = msg.props
+        if p is None and not msg.expires_ms:
+            self._rec(R_RETAIN, _s16(msg.topic_bytes) + bytes((msg.qos,)) + _b32(msg.payload), urgent)
+        else:
+            self._rec(R_RETAIN5, _s16(msg.topic_bytes) + bytes((msg.qos,))
+                      + struct.pack(">I", self._expiry_left(msg)) + _b32(p or b"") + _b32(msg.payload),
+                      urgent)
+
+    def uptime_ms(self):
+        b = self._broker
+        return b.uptime_ms if b is not None else 0
+
+    def expiry(self, s):
+        """An MQTT 5 session's Session Expiry Interval (s.expiry_s)."""
+        if s.expiry_s >= 0:
+            self._rec(R_EXPIRY, self._sid(s) + struct.pack(">I", s.expiry_s))
 
     def session(self, s):
         if not s.sid:
@@ -252,8 +291,14 @@ class Store:
         self._rec(R_IN2_DEL, self._sid(s) + struct.pack(">H", pid))
 
     def will(self, s, msg):
-        self._rec(R_WILL, self._sid(s) + _s16(msg.topic_bytes) + bytes((msg.qos, 1 if msg.retain else 0))
-                  + _b32(msg.payload))
+        p = msg.props
+        head = self._sid(s) + _s16(msg.topic_bytes) + bytes((msg.qos, 1 if msg.retain else 0))
+        if p is None and msg.expiry_s < 0 and not msg.delay_s:
+            self._rec(R_WILL, head + _b32(msg.payload))
+        else:
+            self._rec(R_WILL5, head + struct.pack(">II", msg.delay_s,
+                                                  msg.expiry_s if msg.expiry_s >= 0 else _NO_EXPIRY)
+                      + _b32(p or b"") + _b32(msg.payload))
 
     def will_del(self, s):
         self._rec(R_WILL_DEL, self._sid(s))
@@ -384,9 +429,8 @@ class Store:
     def _flush_retain(self):
         r = self._retain
         for topic in r:
-            qos, payload = r[topic]
             # urgency was decided when the update came in (retain())
-            self._rec(R_RETAIN, _s16(topic.encode()) + bytes((qos,)) + _b32(payload), False)
+            self._retain_rec(r[topic], False)
         self._retain = {}
 
     # --- compaction ----------------------------------------------------------------
@@ -445,13 +489,14 @@ class Store:
         for msg in found:
             if is_sys_reserved(msg.topic):
                 continue  # $SYS is the broker's own, rebuilt at start
-            self._rec(R_RETAIN, _s16(msg.topic_bytes) + bytes((msg.qos,)) + _b32(msg.payload))
+            self._retain_rec(msg)
             yield self._take()
         found = None
         for s in list(broker.sessions.values()):
             if s.clean:
                 continue
             self.session(s)
+            self.expiry(s)
             yield self._take()
             for filt in s.subs:
                 self.sub(s, filt, s.subs[filt])
@@ -487,6 +532,7 @@ class Store:
         be used. The loader's code is dropped again afterwards: a board
         needs its heap for the clients."""
         from . import storeload
+        self._broker = broker
         try:
             wills = storeload.open_store(self, broker)
         finally:

@@ -20,11 +20,12 @@ import struct
 
 from . import log
 from .compat import const, OSFS
-from .message import Message
+from .message import Message, expiry_at
 from .session import Session, AWAIT_ACK, AWAIT_COMP
 from .store import (StoreError, MAGIC, VERSION, _errtext, R_RETAIN, R_SESSION, R_SESSION_DEL, R_SUB,
                     R_UNSUB, R_MSG, R_QUEUE, R_DROP, R_SEND, R_INFLIGHT, R_COMP, R_DONE, R_IN2_ADD,
-                    R_IN2_DEL, R_WILL, R_WILL_DEL, R_INFLIGHT_COMP, R_SUB5)
+                    R_IN2_DEL, R_WILL, R_WILL_DEL, R_INFLIGHT_COMP, R_SUB5, R_EXPIRY, R_MSG5,
+                    R_RETAIN5, R_WILL5)
 
 _SNAP_HEAD = const(16)   # b"MIDG" | version | 3 zero | base | CRC of the 12 before
 _SEG_HEAD = const(20)    # b"MIDJ" | version | 3 zero | seq | base | CRC of the 16 before
@@ -178,7 +179,14 @@ def _load(st, broker):
     wills = []
     for s in online:
         if broker.sessions.get(s.client_id) is s:
-            wills.append(online[s])
+            w = online[s]
+            if w.delay_s:
+                # an MQTT 5 will delay: owed from now, unless the client
+                # comes back first (Broker.tick publishes it when due)
+                s.will = w
+                s.will_due_ms = broker.uptime_ms + w.delay_s * 1000
+            else:
+                wills.append(w)
     st._sids = {}
     msgs = online = None
     if base < 0:
@@ -469,17 +477,28 @@ def _remove_stale(st, base, force):
 
 
 def _apply(st, broker, rtype, r, msgs, online):
-    if rtype == R_RETAIN:
+    if rtype == R_RETAIN or rtype == R_RETAIN5:
         topic = r.s()
         qos = r.u8()
+        if rtype == R_RETAIN5:
+            left = r.u32()
+            props = r.blob()
         payload = r.blob()
-        broker.restore_retained(Message(topic, payload, qos, True))
+        msg = Message(topic, payload, qos, True)
+        if rtype == R_RETAIN5:
+            _v5(broker, msg, left, props)
+        broker.restore_retained(msg)
         return
-    if rtype == R_MSG:
+    if rtype == R_MSG or rtype == R_MSG5:
         mid = r.u32()
         topic = r.s()
         qos = r.u8()
+        if rtype == R_MSG5:
+            left = r.u32()
+            props = r.blob()
         msg = Message(topic, r.blob(), qos, False)
+        if rtype == R_MSG5:
+            _v5(broker, msg, left, props)
         msg.mid = mid
         msg.store_gen = st.gen
         msgs[mid] = [msg, 0]  # [message, references from queues and inflight windows]
@@ -546,11 +565,24 @@ def _apply(st, broker, rtype, r, msgs, online):
         s.add_in_qos2(r.u16())
     elif rtype == R_IN2_DEL:
         s.drop_in_qos2(r.u16())
-    elif rtype == R_WILL:
+    elif rtype == R_WILL or rtype == R_WILL5:
         topic = r.s()
         qos = r.u8()
         retain = bool(r.u8())
-        online[s] = Message(topic, r.blob(), qos, retain)
+        if rtype == R_WILL5:
+            delay = r.u32()
+            expiry = r.u32()
+            props = r.blob()
+        will = online[s] = Message(topic, r.blob(), qos, retain)
+        if rtype == R_WILL5:
+            if props:
+                will.props = props
+            if expiry != 0xFFFFFFFF:
+                will.expiry_s = expiry
+            if delay:
+                will.delay_s = delay
+    elif rtype == R_EXPIRY:
+        s.expiry_s = r.u32()
     elif rtype == R_WILL_DEL:
         online.pop(s, None)
     else:
@@ -560,6 +592,15 @@ def _apply(st, broker, rtype, r, msgs, online):
 # Loading keeps a message body only while a queue or inflight window refers
 # to it, so a log full of delivered messages loads in the heap of the live
 # state, not of everything the log ever held.
+
+def _v5(broker, msg, left, props):
+    """The MQTT 5 parts of a stored message: its forwarded properties and
+    the expiry it had left when written (0xFFFFFFFF: none)."""
+    if props:
+        msg.props = props
+    if left != 0xFFFFFFFF:
+        msg.expires_ms = expiry_at(broker.uptime_ms, left)
+
 
 def _ref(msgs, mid):
     e = msgs[mid]

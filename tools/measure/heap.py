@@ -9,7 +9,9 @@ reports:
   - per idle connected client (clean session, keepalive 0),
   - per subscription (one new filter per client),
   - per retained 64-byte message (distinct topics),
-  - per queued 64-byte QoS 1 message (for an offline persistent session).
+  - per queued 64-byte QoS 1 message (for an offline persistent session),
+  - the MQTT 5 code, which the first MQTT 5 client loads (that client's heap
+    less one 3.1.1 client's), and per idle connected MQTT 5 client.
 Each per-item figure is the difference over N items divided by N.
 
 --micropython PATH runs another unix port build, for example the 32-bit
@@ -31,6 +33,7 @@ import tempfile
 import time
 
 import mqttspec  # the project's spec-written packet encoder
+import mqtt5spec  # and its MQTT 5 counterpart
 from hostlib import ROOT, find_micropython, free_port, midge_command  # noqa: F401 (ROOT, free_port: for store_heap)
 
 
@@ -47,10 +50,14 @@ def word_bits(mp):
 class Client:
     """A minimal blocking client: enough to connect, subscribe, publish."""
 
-    def __init__(self, port, client_id, keepalive=0, clean=True):
+    def __init__(self, port, client_id, keepalive=0, clean=True, version=4):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
         self.buf = b""
-        self.sock.sendall(mqttspec.connect(client_id=client_id, clean=clean, keepalive=keepalive))
+        self.spec = mqtt5spec if version == 5 else mqttspec
+        if version == 5:
+            self.sock.sendall(mqtt5spec.connect(client_id, clean_start=clean, keepalive=keepalive))
+        else:
+            self.sock.sendall(mqttspec.connect(client_id=client_id, clean=clean, keepalive=keepalive))
         pkt = self.recv_packet()
         if pkt["type"] != "connack" or pkt["rc"] != 0:
             raise RuntimeError("CONNECT refused: %r" % pkt)
@@ -58,7 +65,7 @@ class Client:
     def recv_packet(self, timeout=5):
         self.sock.settimeout(timeout)
         while True:
-            pkt, used = mqttspec.parse(self.buf)
+            pkt, used = self.spec.parse(self.buf)
             if pkt is not None:
                 self.buf = self.buf[used:]
                 return pkt
@@ -98,7 +105,7 @@ def main():
     port = free_port()
     mp = args.micropython or micropython()
     bits = word_bits(mp)
-    cfg = {"sys_interval_s": 1, "max_clients": args.clients + 10, "max_sessions": args.clients + 10,
+    cfg = {"sys_interval_s": 1, "max_clients": 2 * args.clients + 10, "max_sessions": 2 * args.clients + 10,
            "max_retained_messages": args.retained + 10, "max_retained_bytes": 1 << 20,
            "max_queued_messages": args.queued + 10, "max_queued_total": args.queued + 10,
            "max_queued_bytes": 1 << 20, "max_queued_bytes_total": 1 << 20,
@@ -157,6 +164,14 @@ def main():
                 raise RuntimeError("no PUBACK")
         with_queue = watcher.latest_alloc()
 
+        # MQTT 5: the first MQTT 5 client loads its code (props.py,
+        # wire5.py); then idle MQTT 5 clients, against the 3.1.1 ones above
+        first5 = Client(port, "v5-first", version=5)
+        with_v5_code = watcher.latest_alloc()
+        clients5 = [Client(port, "v5-idle-%04d" % i, version=5) for i in range(args.clients)]
+        with_v5_clients = watcher.latest_alloc()
+        clients += [first5] + clients5
+
         figures = {
             "interpreter": "MicroPython unix port (%d-bit)" % bits,
             "micropython": mp,
@@ -167,6 +182,8 @@ def main():
             "per_subscription_bytes": round((with_subs - with_clients) / args.clients),
             "per_retained_64B_message_bytes": round((with_retained - with_subs) / args.retained),
             "per_queued_64B_message_bytes": round((with_queue - before_queue) / args.queued),
+            "per_idle_mqtt5_client_bytes": round((with_v5_clients - with_v5_code) / args.clients),
+            "mqtt5_code_bytes": (with_v5_code - with_queue) - round((with_clients - base) / args.clients),
             "clients": args.clients,
             "retained": args.retained,
             "queued": args.queued,
@@ -185,6 +202,10 @@ def main():
     print("  per retained 64-byte message:     %7d bytes (over %d topics)" % (figures["per_retained_64B_message_bytes"], args.retained))
     print("  per queued 64-byte QoS 1 message: %7d bytes (over %d messages, one offline session)"
           % (figures["per_queued_64B_message_bytes"], args.queued))
+    print("  per idle connected MQTT 5 client: %7d bytes (over %d clients)"
+          % (figures["per_idle_mqtt5_client_bytes"], args.clients))
+    print("  MQTT 5 code, loaded by the first:  %7d bytes (its heap less one 3.1.1 client's)"
+          % figures["mqtt5_code_bytes"])
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=2)
