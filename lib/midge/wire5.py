@@ -150,7 +150,9 @@ class Wire5:
     def publish_head(self, msg, qos, retain, dup, pid, sub_ids=None, now_ms=0):
         """Head of a PUBLISH of msg for this client: its forwarded
         properties, the remaining Message Expiry Interval [MQTT-3.3.2-6],
-        the subscription identifiers, a topic alias where one saves bytes.
+        the subscription identifiers, a topic alias where one saves bytes
+        (topics over 4 bytes: the alias costs 3 on every message, and the
+        topic is saved on every message after the first).
         None when the packet would exceed the client's Maximum Packet Size
         [MQTT-3.1.2-25]: the caller drops the message for this client."""
         pr = bytearray()
@@ -170,7 +172,7 @@ class Wire5:
         limit = self.max_packet_size
         if limit and 1 + P.varint_len(body) + body > limit:
             return None
-        if self.alias_out_max:
+        if self.alias_out_max and len(tb) > 4:  # (an alias costs 3 bytes per message)
             a = self.aliases_out
             alias = a.get(tb) if a is not None else None
             if alias is not None:
