@@ -273,30 +273,13 @@ NAMES[AUTH] = "auth"
 
 
 def parse(buf):
-    """Decode the first (server-sent) MQTT 5 packet in buf."""
-    if len(buf) < 2:
-        return None, 0
-    length, nlen = m.decode_remaining_length(buf, 1)
-    if length is None:
-        return None, 0
-    start = 1 + nlen
-    end = start + length
-    if len(buf) < end:
-        return None, 0
-    first = buf[0]
-    pkt = decode(first >> 4, first & 0x0F, bytes(buf[start:end]))
-    pkt["raw"] = bytes(buf[:end])
-    return pkt, end
+    """Decode the first (server-sent) MQTT 5 packet in buf: (dict,
+    consumed) or (None, 0); the framing is mqttspec's."""
+    return m.parse(buf, decode)
 
 
 def parse_all(buf):
-    out = []
-    while True:
-        pkt, used = parse(buf)
-        if pkt is None:
-            return out, buf
-        out.append(pkt)
-        buf = buf[used:]
+    return m.parse_all(buf, decode)
 
 
 def decode(ptype, flags, body):

@@ -324,8 +324,9 @@ def _pid(body, pos):
     return pid, pos + 2
 
 
-def parse(buf):
-    """Decode the first packet in buf.
+def parse(buf, decoder=None):
+    """Decode the first packet in buf (with decoder(ptype, flags, body),
+    this module's decode by default; mqtt5spec passes its own).
     Returns (dict, consumed) or (None, 0) if buf holds no complete packet."""
     if len(buf) < 2:
         return None, 0
@@ -340,16 +341,16 @@ def parse(buf):
     ptype = first >> 4
     flags = first & 0x0F
     body = bytes(buf[start:end])
-    pkt = decode(ptype, flags, body)
+    pkt = (decoder or decode)(ptype, flags, body)
     pkt["raw"] = bytes(buf[:end])
     return pkt, end
 
 
-def parse_all(buf):
+def parse_all(buf, decoder=None):
     """Decode every complete packet in buf -> (list of dicts, leftover)."""
     out = []
     while True:
-        pkt, used = parse(buf)
+        pkt, used = parse(buf, decoder)
         if pkt is None:
             return out, buf
         out.append(pkt)

@@ -598,6 +598,20 @@ class Broker:
         if s.backlog:
             self.flow.pump(s)
 
+    def room_for_subscription(self, s):
+        """May session s add a NEW filter (shared ones included)? No past
+        max_subscriptions or max_subscriptions_total (subscriptions_refused)
+        or while the heap is critical (heap_refused)."""
+        cfg = self.cfg
+        if (len(s.subs) >= cfg["max_subscriptions"]
+                or self.subs.count + self.shared_members >= cfg["max_subscriptions_total"]):
+            self.count("subscriptions_refused")
+            return False
+        if self.heap.level >= CRITICAL:
+            self.count("heap_refused")
+            return False
+        return True
+
     def _subscribe_filter(self, s, filt, opts, sub_id=0):
         """One filter of a SUBSCRIBE: its return code. opts: the options
         byte (3.1.1: the requested QoS; MQTT 5 adds No Local (bit 2),
@@ -620,15 +634,8 @@ class Broker:
             self.count("topic_limit")  # characters fit, UTF-8 bytes do not
             return SUBACK_FAILURE
         new = filt not in s.subs
-        if new:
-            cfg = self.cfg
-            if (len(s.subs) >= cfg["max_subscriptions"]
-                    or self.subs.count + self.shared_members >= cfg["max_subscriptions_total"]):
-                self.count("subscriptions_refused")
-                return SUBACK_FAILURE
-            if self.heap.level >= CRITICAL:
-                self.count("heap_refused")
-                return SUBACK_FAILURE
+        if new and not self.room_for_subscription(s):
+            return SUBACK_FAILURE
         self.subs.add(levels, s, grant)
         s.subs[filt] = grant
         st = s.store

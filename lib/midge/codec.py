@@ -51,6 +51,13 @@ def encode_length(n):
     if n < 128:
         return bytes((n,))
     out = bytearray()
+    put_varint(out, n)
+    return bytes(out)
+
+
+def put_varint(out, n):
+    """Append a variable byte integer [MQTT-1.5.5] (a remaining length,
+    an MQTT 5 property length or value) to the bytearray `out`."""
     while True:
         b = n & 0x7F
         n >>= 7
@@ -58,7 +65,7 @@ def encode_length(n):
             out.append(b | 0x80)
         else:
             out.append(b)
-            return bytes(out)
+            return
 
 
 # --- strings -----------------------------------------------------------------

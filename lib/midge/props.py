@@ -258,16 +258,7 @@ def _store(out, pid, buf, v, k, value):
 
 # --- encoding -----------------------------------------------------------------
 
-def put_varint(out, n):
-    """Append a variable byte integer to the bytearray `out`."""
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return
+put_varint = codec.put_varint
 
 
 def varint_len(n):

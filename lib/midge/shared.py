@@ -18,7 +18,6 @@
 # it where a `$share/` filter is met): a hub that never sees one never pays
 # its heap.
 from . import topics
-from .heap import CRITICAL
 from .protocol import ProtocolError, RC_PROTOCOL_ERROR, SUBACK_FAILURE
 from .session import MSG, STATE, AWAIT_ACK
 
@@ -117,15 +116,8 @@ def subscribe(b, s, key, opts, grant):
         return 0x8F  # topic filter invalid (0x80 in 3.1.1)
     if opts & 4:
         raise ProtocolError("No Local on a shared subscription", RC_PROTOCOL_ERROR)  # [MQTT-3.8.3-4]
-    if key not in s.subs:
-        cfg = b.cfg
-        if (len(s.subs) >= cfg["max_subscriptions"]
-                or b.subs.count + b.shared_members >= cfg["max_subscriptions_total"]):
-            b.count("subscriptions_refused")
-            return SUBACK_FAILURE
-        if b.heap.level >= CRITICAL:
-            b.count("heap_refused")
-            return SUBACK_FAILURE
+    if key not in s.subs and not b.room_for_subscription(s):
+        return SUBACK_FAILURE
     join(b, s, key, sp[1], grant)
     s.subs[key] = grant
     st = s.store
