@@ -240,6 +240,20 @@ def test_topic_alias_outbound_within_the_client_maximum():
         ("home/kitchen", 1), ("", 1), ("home/hall", None), ("home/hall", None), ("ab", None), ("ab", None)]
 
 
+def test_outbound_aliases_are_capped_by_max_topic_aliases_too():
+    # a client may state 65535: the broker still keeps at most
+    # max_topic_aliases topics for it (heap contract)
+    b = make_broker(max_topic_aliases=2)
+    s = client5(b, "s", plist=[(m5.TOPIC_ALIAS_MAXIMUM, 65535)])
+    sub5(b, s, "#")
+    p = client3(b, "p")
+    for i in range(5):
+        feed(b, p, m.publish("sensor/%d" % i, b"x"))
+    got = pubs(take5(s))
+    assert [m5.get(g, m5.TOPIC_ALIAS) for g in got] == [1, 2, None, None, None]
+    assert len(s.wire.aliases_out) == 2
+
+
 def test_maximum_packet_size_of_the_client():
     b = make_broker()
     s = client5(b, "s", plist=[(m5.MAXIMUM_PACKET_SIZE, 40)])

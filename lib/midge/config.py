@@ -91,10 +91,11 @@ SPEC = {
     # (counter: topic_limit).
     "max_topic_length": (128, 1, 65535),
     "max_topic_levels": (8, 1, 1000),
-    # MQTT 5 topic aliases a client may set per connection (the broker's
-    # Topic Alias Maximum in CONNACK); an alias over it closes the
-    # connection with DISCONNECT 0x94. Each costs a dict entry and its
-    # topic. 0: clients may not use aliases.
+    # MQTT 5 topic aliases per connection, each way: a client may set this
+    # many (the broker's Topic Alias Maximum in CONNACK; an alias over it
+    # closes the connection with DISCONNECT 0x94), and the broker uses at
+    # most this many of the client's. Each costs a dict entry and keeps its
+    # topic. 0: no aliases.
     "max_topic_aliases": (10, 0, 65535),
     # --- retained messages ----------------------------------------------------
     # A retained message for a NEW topic that would pass either cap is not

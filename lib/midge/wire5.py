@@ -8,7 +8,8 @@
 #   - topic aliases both ways: inbound at most max_topic_aliases (the
 #     broker's Topic Alias Maximum; a dict alias -> topic bytes, made on
 #     first use), outbound at most the client's maximum (topic bytes ->
-#     alias; once that many topics have one, other topics go in full).
+#     alias, at most max_topic_aliases too; once that many topics have one,
+#     other topics go in full).
 # Heap: an idle MQTT 5 client pays for this object (its attributes) and
 # nothing more until it uses aliases.
 from . import codec
@@ -33,7 +34,10 @@ class Wire5:
     def __init__(self, cfg, c):
         p = c.props
         self.max_packet_size = p.max_packet  # 0: the client states no limit
-        self.alias_out_max = p.alias_max
+        # aliases we send: within the client's maximum AND max_topic_aliases
+        # (each keeps its topic alive in aliases_out: the broker's own cap
+        # bounds that heap, whatever maximum a client states)
+        self.alias_out_max = min(p.alias_max, cfg["max_topic_aliases"])
         self.receive_max = p.receive_max
         self.alias_in_max = cfg["max_topic_aliases"]
         self.server_receive_max = cfg["max_inflight_in"]
