@@ -302,6 +302,19 @@ def test_acks_with_reason_codes_and_properties():
     assert take5(s) == [] and not s.session.inflight
 
 
+def test_unknown_packet_ids_get_0x92():
+    # PUBREL / PUBREC for a packet id the broker does not hold: answered,
+    # with reason 0x92 (packet identifier not found) on MQTT 5
+    b = make_broker()
+    c = client5(b, "c")
+    feed(b, c, m5.pubrel(77))
+    feed(b, c, m5.pubrec(78))
+    assert [(x["type"], x["pid"], x["reason"]) for x in take5(c)] == [("pubcomp", 77, 0x92), ("pubrel", 78, 0x92)]
+    c3 = client3(b, "c3")
+    feed(b, c3, m.pubrel(77))
+    assert [(x["type"], x["pid"]) for x in c3.take()] == [("pubcomp", 77)]  # 3.1.1: no reason
+
+
 def test_puback_for_qos2_and_pubrec_for_qos1_are_protocol_errors():
     b = make_broker()
     for wrong in (m.pubrec, m.puback):

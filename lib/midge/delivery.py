@@ -91,13 +91,17 @@ class Delivery:
 
     def pubrel(self, conn, s, pid):
         """Release an inbound QoS 2 packet id; PUBCOMP either way
-        [MQTT-4.3.3-2]."""
+        [MQTT-4.3.3-2], with reason 0x92 (packet identifier not found) for
+        one it does not hold (MQTT 5; 3.1.1 has no reason)."""
+        reason = 0
         if pid in s.in_qos2:
             s.drop_in_qos2(pid)
             st = s.store
             if st is not None:
                 st.in2_del(s, pid)
-        conn.send(conn.wire.ack(PUBCOMP, pid))
+        else:
+            reason = 0x92
+        conn.send(conn.wire.ack(PUBCOMP, pid, reason))
 
     # --- outbound -----------------------------------------------------------------
 
@@ -298,7 +302,8 @@ class Delivery:
             st = s.store
             if st is not None:
                 st.comp(s, pid)
-        conn.send(conn.wire.ack(PUBREL, pid))
+        # PUBREL either way; MQTT 5: 0x92 for a packet id not in flight
+        conn.send(conn.wire.ack(PUBREL, pid, 0 if e is not None else 0x92))
 
     def pubcomp(self, s, pid):
         e = s.find_inflight(pid)
