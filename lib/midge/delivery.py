@@ -268,16 +268,21 @@ class Delivery:
 
     # --- acknowledgements from the client ------------------------------------
 
+    def _finished(self, s, e, pid):
+        """An inflight entry is done (PUBACK, PUBCOMP, or a refusing MQTT 5
+        PUBREC): out of the window and the store, and the window refilled."""
+        s.drop_inflight(e)
+        st = s.store
+        if st is not None:
+            st.done(s, pid)
+        self.pump(s)
+
     def puback(self, s, pid):
         e = s.find_inflight(pid)
         if e is not None and e[QOS] == 2:
             raise ProtocolError("PUBACK for a QoS 2 packet id", RC_PROTOCOL_ERROR)
         if e is not None:
-            s.drop_inflight(e)
-            st = s.store
-            if st is not None:
-                st.done(s, pid)
-            self.pump(s)
+            self._finished(s, e, pid)
 
     def pubrec(self, s, pid):
         conn = s.conn
@@ -286,11 +291,7 @@ class Delivery:
             # MQTT 5: the client refused the message; the exchange ends
             # here, no PUBREL (MQTT 5 section 4.3.3)
             if e is not None and e[STATE] == AWAIT_ACK:
-                s.drop_inflight(e)
-                st = s.store
-                if st is not None:
-                    st.done(s, pid)
-                self.pump(s)
+                self._finished(s, e, pid)
             return
         if e is not None and e[QOS] == 1:
             raise ProtocolError("PUBREC for a QoS 1 packet id", RC_PROTOCOL_ERROR)
@@ -308,11 +309,7 @@ class Delivery:
     def pubcomp(self, s, pid):
         e = s.find_inflight(pid)
         if e is not None and e[STATE] == AWAIT_COMP:
-            s.drop_inflight(e)
-            st = s.store
-            if st is not None:
-                st.done(s, pid)
-            self.pump(s)
+            self._finished(s, e, pid)
 
     # --- the retained backlog of new subscriptions -----------------------------
 
