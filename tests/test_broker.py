@@ -1340,15 +1340,16 @@ def test_publish_without_a_block_for_its_payload_makes_room_and_goes_on():
     for i in range(10):
         pub(b, "h", b"x" * 50, 1)
     c = join(b, "pub")
-    real = codec.decode_publish
-    codec.decode_publish = fails_once(real)
+    from midge.wire311 import Wire311
+    real = codec.decode_publish  # (what the 3.1.1 wire decodes a PUBLISH with)
+    Wire311.decode_publish = staticmethod(fails_once(real))
     b.heap.fits = lambda: True
     try:
         data = m.publish("t", b"payload", qos=1, pid=7)
         n, k = m.decode_remaining_length(data, 1)
         handlers.handle(b, c, data[0], data, 1 + k, 1 + k + n)
     finally:
-        codec.decode_publish = real
+        Wire311.decode_publish = staticmethod(real)
     pk = c.take()
     assert pk[0]["type"] == "puback" and pk[0]["pid"] == 7
     assert b.counters["heap_dropped"] >= 1 and c.closed == 0

@@ -294,17 +294,17 @@ def test_decode_publish_malformed():
 
 # --- acknowledgements ------------------------------------------------------------------------
 
-def test_decode_pid_only_acks():
-    assert _dec(lambda f, b, s, e: codec.decode_pid_only(f, 0, b, s, e), m.puback(1)) == 1
-    assert _dec(lambda f, b, s, e: codec.decode_pid_only(f, 0, b, s, e), m.pubrec(0xABCD)) == 0xABCD
-    assert _dec(lambda f, b, s, e: codec.decode_pid_only(f, 2, b, s, e), m.pubrel(65535)) == 65535
-    assert _dec(lambda f, b, s, e: codec.decode_pid_only(f, 0, b, s, e), m.pubcomp(9)) == 9
+def test_decode_ack_acks():
+    assert _dec(lambda f, b, s, e: codec.decode_ack(4, f, b, s, e), m.puback(1)) == 1
+    assert _dec(lambda f, b, s, e: codec.decode_ack(5, f, b, s, e), m.pubrec(0xABCD)) == 0xABCD
+    assert _dec(lambda f, b, s, e: codec.decode_ack(6, f, b, s, e), m.pubrel(65535)) == 65535
+    assert _dec(lambda f, b, s, e: codec.decode_ack(7, f, b, s, e), m.pubcomp(9)) == 9
 
 
-def test_decode_pid_only_malformed():
+def test_decode_ack_malformed():
     def dec(frame, want):
         flags, start, end = _body(frame)
-        return _err(codec.decode_pid_only, flags, want, frame, start, end)
+        return _err(codec.decode_ack, 6 if want == 2 else 4, flags, frame, start, end)
     # PUBREL flags must be 0010 [MQTT-3.6.1-1]
     assert dec(m.packet(0x60, b"\x00\x01"), 2) is not None
     assert dec(m.packet(0x61, b"\x00\x01"), 2) is not None

@@ -227,3 +227,11 @@ def test_read_json_not_a_file_or_not_utf8():
         assert msg is not None and path in msg and "invalid UTF-8" in msg, msg
     finally:
         os.remove(path)
+
+
+def test_string_length_cap_names_key_and_limit():
+    assert load_config({"response_information": "r" * 255})["response_information"] == "r" * 255
+    msg = _err(load_config, {"response_information": "r" * 256})
+    assert msg is not None and "response_information" in msg and "255" in msg
+    # the limit is in UTF-8 bytes: 128 two-byte characters are 256 bytes
+    assert _err(load_config, {"response_information": "\u00e9" * 128}) is not None

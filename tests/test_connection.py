@@ -782,6 +782,38 @@ def test_forwarded_views_survive_a_slow_subscriber_drain():
     assert payloads(ws.packets()) == [b"%d" % i * 20 for i in range(4)] + [b"X" * 200, b"Y" * 200]
 
 
+def test_one_chunk_of_qos0_publishes_reaches_every_subscriber_in_order():
+    # Within one read chunk, every delivery after a subscriber's first is
+    # queued by forward_qos0's inline append (send()'s common case): each
+    # subscriber still gets every frame, in order, counted once.
+    b = new_broker()
+    subs = [(FakeReader([m.connect("s%d" % i) + m.subscribe(1, [("t/#", 0)])], eof=False), FakeWriter())
+            for i in range(3)]
+    rp = FakeReader([m.connect("pub")], eof=False)
+    wanted = [b"p%03d" % i for i in range(40)]
+
+    async def main():
+        cs = [Connection(b, r, w) for r, w in subs]
+        cp = Connection(b, rp, FakeWriter())
+        ts = [asyncio.create_task(c.run()) for c in cs]
+        tp = asyncio.create_task(cp.run())
+        assert await until(lambda: all(c.session is not None for c in cs + [cp]))
+        assert await until(lambda: all(len(w.packets()) == 2 for r, w in subs))  # CONNACK, SUBACK
+        rp.push(m.publish("t/1", b"warm"))  # routes t/1: the rest take the fast path
+        rp.push(b"".join(m.publish("t/1", p) for p in wanted))
+        assert await until(lambda: all(len(publishes(w.packets())) == 41 for r, w in subs))
+        rp.push(m.disconnect())
+        for r, w in subs:
+            r.push(m.disconnect())
+        await tp
+        for t in ts:
+            await t
+    run(main())
+    for r, w in subs:
+        assert payloads(w.packets()) == [b"warm"] + wanted
+    assert b.msgs_in == 41 and b.msgs_out == 3 * 41
+
+
 def test_a_long_drain_copies_each_part_once():
     # While a drain runs, each flush makes the views that arrived since the
     # last one own copies, never everything again.
@@ -1111,10 +1143,33 @@ def test_a_memory_error_while_handling_a_memory_error_still_detaches_and_closes(
 
 
 def test_inlined_state_constant_agrees_with_protocol():
-    # connection.py inlines protocol.ACTIVE as a private const (no global
-    # lookup on the fast path); they must not drift apart
+    # connection.py inlines protocol.ACTIVE, handlers.py the packet types
+    # and states, as private consts (no global lookup per packet); they
+    # must not drift apart
     import midge.connection as c
-    from midge.protocol import ACTIVE
+    import midge.handlers as h
+    from midge import protocol
     assert c.__file__.endswith(".py")  # the tests run the source
     with open(c.__file__) as f:
-        assert "_ACTIVE = const(%d)" % ACTIVE in f.read()
+        assert "_ACTIVE = const(%d)" % protocol.ACTIVE in f.read()
+    with open(h.__file__) as f:
+        src = f.read()
+    for name in ("AWAIT_CONNECT", "ACTIVE", "CONNECT", "PUBLISH", "PUBACK", "PUBREC", "PUBREL", "PUBCOMP",
+                 "SUBSCRIBE", "UNSUBSCRIBE", "PINGREQ", "DISCONNECT"):
+        assert "_%s = const(%d)" % (name, getattr(protocol, name)) in src, name
+
+
+def test_inlined_delivery_constants_agree_with_session_and_wire():
+    # delivery.py inlines the inflight entry fields and states (session.py)
+    # and the acknowledgement first bytes (wire311.py) as private consts
+    import midge.delivery as d
+    from midge import session, wire311
+    assert d.__file__.endswith(".py")  # the tests run the source
+    with open(d.__file__) as f:
+        src = f.read()
+    for mod, names in ((session, ("PID", "MSG", "QOS", "RETAIN", "STATE", "AWAIT_ACK", "AWAIT_COMP")),
+                       (wire311, ("PUBACK", "PUBREC", "PUBREL", "PUBCOMP"))):
+        for name in names:
+            v = getattr(mod, name)
+            assert ("_%s = const(%d)" % (name, v) in src or "_%s = const(0x%02x)" % (name, v) in src
+                    or "_%s = const(0x%02X)" % (name, v) in src), name

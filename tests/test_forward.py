@@ -116,7 +116,7 @@ def test_route_cache_is_bounded():
     p = client(b, "p")
     for i in range(100):
         feed(b, p, m.publish("t/%d" % i, b"x"))
-    assert len(b.subs._routes) <= 16
+    assert len(b.subs.routes) <= 16
 
 
 def test_routing_lookup_allocates_nothing():

@@ -119,3 +119,83 @@ def test_will_properties_and_delay_round_trip():
         pubs = [x for x in take5(w) if x["type"] == "publish"]
         assert [(x["topic"], x["payload"]) for x in pubs] == [("w/dev", b"gone")]
         assert pubs[0]["props"] == PROPS
+
+
+def _sub_with_options(b, cid, window=None):
+    """A persistent MQTT 5 subscriber to r/# with Retain As Published and
+    subscription identifier 9 (Receive Maximum `window`, if given)."""
+    plist = [(m5.SESSION_EXPIRY, 3600)]
+    if window is not None:
+        plist.append((m5.RECEIVE_MAXIMUM, window))
+    c, present, pk = client5(b, cid, plist=plist)
+    return c, present, pk
+
+
+def _publish_retained(b, topics):
+    p, _, _ = client5(b, "pub", clean_start=True)
+    for i, t in enumerate(topics):
+        feed(b, p, m5.publish(t, t.encode(), qos=1, retain=True, pid=i + 1))
+    feed(b, p, m5.disconnect(0))
+
+
+def _twice(env, b):
+    """Crash, boot (the journal is read, then compacted into a snapshot),
+    crash again and boot from the snapshot: both ways of reading back."""
+    crash(b)
+    crash(env.boot())
+    return env.boot()
+
+
+def test_queued_and_inflight_options_survive_restarts():
+    # Retain As Published and subscription identifiers of messages waiting
+    # in a queue (R_QUEUE5), sent from it and unacknowledged (R_SEND), and
+    # sent directly and unacknowledged (R_INFLIGHT5)
+    with Env() as env:
+        b = env.boot()
+        c, _, _ = _sub_with_options(b, "dev", window=1)
+        feed(b, c, m5.subscribe(1, [("r/#", m5.options(1, retain_as_published=True))],
+                                [(m5.SUBSCRIPTION_ID, 9)]))
+        take5(c)
+        _publish_retained(b, ["r/1"])  # sent at once, not acknowledged: inflight
+        feed(b, c, m5.disconnect(0))
+        _publish_retained(b, ["r/2", "r/3"])  # queued while offline
+        c, present, pk = _sub_with_options(b, "dev", window=1)
+        assert present == 1
+        # r/1 resent, acknowledged; r/2 sent from the queue, not acknowledged
+        first = [x for x in pk if x["type"] == "publish"]
+        assert [x["payload"] for x in first] == [b"r/1"]
+        feed(b, c, m5.puback(first[0]["pid"]))
+        second = [x for x in take5(c) if x["type"] == "publish"]
+        assert [x["payload"] for x in second] == [b"r/2"]
+        b = _twice(env, b)
+
+        s = b.sessions["dev"]
+        assert [(e[1].payload, e[2], e[3], e[5]) for e in s.inflight] == [(b"r/2", 1, True, (9,))]
+        assert [(e[0].payload, e[1], e[2], e[3]) for e in s.queue] == [(b"r/3", 1, True, (9,))]
+        c, present, pk = _sub_with_options(b, "dev", window=1)
+        pubs = [x for x in pk if x["type"] == "publish"]
+        assert [(x["payload"], x["dup"], x["retain"], m5.get_all(x, m5.SUBSCRIPTION_ID)) for x in pubs] == [
+            (b"r/2", True, True, [9])]
+        feed(b, c, m5.puback(pubs[0]["pid"]))
+        pubs = [x for x in take5(c) if x["type"] == "publish"]
+        assert [(x["payload"], x["retain"], m5.get_all(x, m5.SUBSCRIPTION_ID)) for x in pubs] == [
+            (b"r/3", True, [9])]
+
+
+def test_inflight_subscription_ids_sent_directly_survive_restarts():
+    with Env() as env:
+        b = env.boot()
+        c, _, _ = _sub_with_options(b, "dev")
+        feed(b, c, m5.subscribe(1, [("r/#", m5.options(2, retain_as_published=True))],
+                                [(m5.SUBSCRIPTION_ID, 300000)]))
+        take5(c)
+        _publish_retained(b, ["r/9"])  # QoS 1, sent at once (R_INFLIGHT5), never acknowledged
+        pubs = [x for x in take5(c) if x["type"] == "publish"]
+        assert [(x["payload"], m5.get_all(x, m5.SUBSCRIPTION_ID)) for x in pubs] == [(b"r/9", [300000])]
+        b = _twice(env, b)
+
+        c, present, pk = _sub_with_options(b, "dev")
+        assert present == 1
+        pubs = [x for x in pk if x["type"] == "publish"]
+        assert [(x["payload"], x["dup"], x["retain"], m5.get_all(x, m5.SUBSCRIPTION_ID)) for x in pubs] == [
+            (b"r/9", True, True, [300000])]

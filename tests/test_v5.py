@@ -486,6 +486,86 @@ def test_takeover_and_keepalive_send_disconnect_with_reason():
     assert [(x["type"], x["reason"]) for x in take5(k)] == [("disconnect", 0x8D)]
 
 
+def test_max_keepalive_is_stated_as_server_keep_alive_or_refuses_311():
+    # max_keepalive_s (mosquitto's max_keepalive): MQTT 5 gets Server Keep
+    # Alive [MQTT-3.2.2-21] and is checked against it; 3.1.1 cannot be told
+    clock = Clock()
+    b = make_broker(clock, max_keepalive_s=60, sys_interval_s=0)
+    for asked, want in ((30, None), (60, None), (120, 60), (0, 60)):
+        conn = FakeConn()
+        feed(b, conn, m5.connect("k%d" % asked, keepalive=asked))
+        ack = take5(conn)[0]
+        assert ack["rc"] == 0 and m5.get(ack, m5.SERVER_KEEP_ALIVE) == want, asked
+        assert conn.keepalive_ms == (want or asked) * 1000
+    for asked, rc in ((60, 0), (61, 2), (0, 2)):
+        conn = FakeConn()
+        feed(b, conn, m.connect("c%d" % asked, keepalive=asked))
+        assert conn.take()[0]["rc"] == rc, asked
+    # the imposed keep alive is the one checked: 1.5 x 60 s of silence
+    k = FakeConn()
+    feed(b, k, m5.connect("quiet", keepalive=0))
+    take5(k)
+    k.last_rx_ms = clock()
+    clock.advance(91000)
+    b.tick()
+    assert [(x["type"], x["reason"]) for x in take5(k)] == [("disconnect", 0x8D)]
+    # 0: no limit
+    conn = FakeConn()
+    feed(make_broker(), conn, m5.connect("free", keepalive=0))
+    assert m5.get(take5(conn)[0], m5.SERVER_KEEP_ALIVE) is None
+
+
+def test_response_information_when_asked_and_configured():
+    # Request Response Information 1 asks for it [MQTT-3.1.2-28]; the
+    # broker sends response_information, if set, and only when asked
+    for configured, asked, want in (("resp/", 1, "resp/"), ("resp/", 0, None), ("", 1, None)):
+        b = make_broker(response_information=configured)
+        conn = FakeConn()
+        feed(b, conn, m5.connect("dev", plist=[(m5.REQUEST_RESPONSE_INFO, asked)]))
+        ack = take5(conn)[0]
+        assert ack["rc"] == 0 and m5.get(ack, m5.RESPONSE_INFO) == want, (configured, asked)
+
+
+def test_reason_strings_follow_request_problem_information():
+    # acknowledgements with a failure carry a Reason String unless the
+    # client set Request Problem Information 0 [MQTT-3.1.2-29]
+    for asked, want in ((None, True), (1, True), (0, False)):
+        b = make_broker(max_subscriptions=1)
+        c = client5(b, "c", plist=None if asked is None else [(m5.REQUEST_PROBLEM_INFO, asked)])
+        feed(b, c, m5.pubrel(77))
+        feed(b, c, m5.subscribe(1, [("a", 1), ("b", 1)]))
+        feed(b, c, m5.unsubscribe(2, ["nope"]))
+        comp, suback, unsuback = take5(c)
+        assert comp["reason"] == 0x92 and suback["codes"] == [1, 0x80] and unsuback["codes"] == [0x11]
+        got = [m5.get(x, m5.REASON_STRING) for x in (comp, suback)]
+        assert got == (["packet identifier not found", "refused"] if want else [None, None]), asked
+        assert m5.get(unsuback, m5.REASON_STRING) is None  # 0x11 is no failure
+        # a success carries none
+        feed(b, c, m5.publish("t", b"x", qos=1, pid=5))
+        assert [m5.get(x, m5.REASON_STRING) for x in take5(c)] == [None]
+
+
+def test_server_disconnect_says_why_within_the_maximum_packet_size():
+    # a protocol error's own text goes in the DISCONNECT's Reason String
+    # (allowed whatever Request Problem Information says), unless it would
+    # pass the client's Maximum Packet Size [MQTT-3.1.2-25]
+    b = make_broker()
+    for limit, want in ((None, "second CONNECT"), (30, "second CONNECT"), (20, None)):
+        plist = [(m5.REQUEST_PROBLEM_INFO, 0)]
+        if limit is not None:
+            plist.append((m5.MAXIMUM_PACKET_SIZE, limit))
+        w = client5(b, "c", plist=plist).wire
+        pk, rest = m5.parse_all(w.disconnect(0x82, "second CONNECT"))
+        assert rest == b"" and pk[0]["reason"] == 0x82
+        assert m5.get(pk[0], m5.REASON_STRING) == want, limit
+        assert limit is None or len(pk[0]["raw"]) <= limit
+    # without a text, the reason's name (a takeover: 0x8E)
+    pk, _ = m5.parse_all(w.disconnect(0x8E))
+    assert m5.get(pk[0], m5.REASON_STRING) is None  # (20 bytes: no room)
+    pk, _ = m5.parse_all(client5(b, "d").wire.disconnect(0x8E))
+    assert m5.get(pk[0], m5.REASON_STRING) == "session taken over"
+
+
 # --- mixed 3.1.1 and 5 -----------------------------------------------------------------
 
 def test_mixed_clients_share_topics_retained_and_wills():

@@ -46,6 +46,8 @@ class FakeConn:
     """cap None: room() is always large. cap N: room() is N minus the bytes
     sent and not yet taken by take() (as if take() drained the socket)."""
 
+    _out = ()  # Connection's output list: empty, so the QoS 0 fast path calls send()
+
     def __init__(self, cap=None):
         self.out = b""
         self.cap = cap

@@ -81,6 +81,7 @@ class Broker:
         self.v5_online = 0          # of them, on an MQTT 5 wire (the QoS 0 fast path
                                     # looks at each subscriber's wire only while this is > 0)
         self.subs = Subscriptions()
+        self.routes = self.subs.routes  # the route cache, read by the QoS 0 fast path
         # Shared subscriptions (shared.py, loaded by the first one): share
         # name -> Group, and a trie of the groups' filters whose
         # "sessions" are the groups.
@@ -205,6 +206,14 @@ class Broker:
             return self._refuse(conn, RC_BAD_AUTH_METHOD)  # no enhanced authentication [MQTT-4.12.0-1]
         if not self.cfg["allow_anonymous"]:
             return self._refuse(conn, RC_NOT_AUTHORIZED)
+        keepalive = c.keepalive_s
+        cap = self.cfg["max_keepalive_s"]
+        if cap and (keepalive == 0 or keepalive > cap):
+            if p is None:
+                # 3.1.1 has no way to say it: refused, as mosquitto does
+                log.info("client %s refused: keep alive %d s, max_keepalive_s is %d", cid, keepalive, cap)
+                return self._refuse(conn, RC_CLIENT_ID_NOT_VALID)
+            keepalive = conn.wire.server_keepalive_s = cap  # Server Keep Alive [MQTT-3.2.2-21]
         # When the session ends: at the close (`ends`), or after an expiry.
         # 3.1.1: clean session 1 ends with the connection; 0 persists for
         # session_expiry_s. MQTT 5: the Session Expiry Interval, at most
@@ -299,12 +308,12 @@ class Broker:
         conn.state = ACTIVE
         if conn.wire.v5:
             self.v5_online += 1
-        conn.keepalive_ms = c.keepalive_s * 1000
+        conn.keepalive_ms = keepalive * 1000
         self.online += 1
         conn.send(conn.wire.connack(present, 0, self, s))  # [MQTT-3.2.2-1..3]
         if log.level <= log.INFO:
             log.info("client %s connected (clean=%d keepalive=%ds present=%d)",
-                     cid, c.clean, c.keepalive_s, present)
+                     cid, c.clean, keepalive, present)
         if present:
             self.flow.resend(s)
         return True
@@ -494,7 +503,7 @@ class Broker:
         A route maps a session to its grant (subscriptions.py): a plain
         QoS (0..2) for the common case, else MQTT 5 options and
         subscription identifiers, resolved by deliver_opts()."""
-        route = self.subs.route(msg.topic_bytes) if cache_route else None
+        route = self.routes.get(msg.topic_bytes) if cache_route else None
         if route is None or msg.retain:
             levels = topics.split(msg.topic)
         if msg.retain:

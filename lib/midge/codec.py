@@ -336,13 +336,25 @@ def decode_publish(flags, buf, pos, end, props=None):
     if dup and not qos:
         raise ProtocolError("DUP set on QoS 0 PUBLISH")  # [MQTT-3.3.1-2]
     p = _publish
-    tb, pos = _read_bytes(buf, pos, end)
+    # _read_bytes and _read_pid inline: this runs for every QoS 1 and 2
+    # message, and a call costs more than these lines (DESIGN.md, "Hot paths")
+    if pos + 2 > end:
+        raise ProtocolError("truncated length field")
+    k = pos + 2 + ((buf[pos] << 8) | buf[pos + 1])
+    if k > end:
+        raise ProtocolError("string runs past the packet")
+    tb = bytes(buf[pos + 2:k])
+    pos = k
     p.topic = decode_utf8(tb)
     check_controls(tb)
     p.topic_bytes = tb
     pid = 0
     if qos:
-        pid = _read_pid(buf, pos, end)
+        if pos + 2 > end:
+            raise ProtocolError("truncated packet identifier")
+        pid = (buf[pos] << 8) | buf[pos + 1]
+        if pid == 0:
+            raise ProtocolError("packet identifier 0", RC_PROTOCOL_ERROR)  # [MQTT-2.3.1-1]
         pos += 2
     if props is not None:
         from . import props as pr
@@ -357,13 +369,18 @@ def decode_publish(flags, buf, pos, end, props=None):
 
 # --- acknowledgements, SUBSCRIBE, UNSUBSCRIBE, PINGREQ, DISCONNECT ------------------
 
-def decode_pid_only(flags, want_flags, buf, pos, end):
-    """PUBACK, PUBREC, PUBREL, PUBCOMP: exactly a packet identifier."""
-    if flags != want_flags:
-        raise ProtocolError("wrong fixed-header flags")  # [MQTT-2.2.2-2], [MQTT-3.6.1-1]
+def decode_ack(ptype, flags, buf, pos, end):
+    """PUBACK, PUBREC, PUBREL, PUBCOMP (packet type `ptype`) of MQTT 3.1
+    and 3.1.1: exactly a packet identifier; PUBREL's flags are 0010
+    [MQTT-3.6.1-1], the others' 0 [MQTT-2.2.2-2]."""
+    if flags != (2 if ptype == 6 else 0):
+        raise ProtocolError("wrong fixed-header flags")
     if end - pos != 2:
         raise ProtocolError("acknowledgement length not 2")
-    return _read_pid(buf, pos, end)
+    pid = (buf[pos] << 8) | buf[pos + 1]
+    if pid == 0:
+        raise ProtocolError("packet identifier 0", RC_PROTOCOL_ERROR)  # [MQTT-2.3.1-1]
+    return pid
 
 
 def _skip_filter(buf, pos, end):

@@ -21,7 +21,8 @@ _READ_BYTES = const(512)
 
 
 # key: (default, minimum, maximum). A string default takes a string; for
-# strings the "range" is a tuple of allowed values, or None for any string.
+# strings the "minimum" is a tuple of allowed values, or None for any string,
+# and the "maximum" its longest length in UTF-8 bytes, or None.
 SPEC = {
     # --- listener -----------------------------------------------------------
     "host": ("127.0.0.1", None, None),
@@ -97,6 +98,17 @@ SPEC = {
     # most this many of the client's. Each costs a dict entry and keeps its
     # topic. 0: no aliases.
     "max_topic_aliases": (10, 0, 65535),
+    # Longest keep alive a client may ask for, as mosquitto's max_keepalive;
+    # 0: no limit (keep alive 0, never checked, allowed too). When set, an
+    # MQTT 5 client asking for 0 or more gets this as Server Keep Alive in
+    # CONNACK, and the broker checks it; an MQTT 3.1.1 client, which cannot
+    # be told, is refused (CONNACK 2, identifier rejected, as mosquitto does).
+    "max_keepalive_s": (0, 0, 65535),
+    # MQTT 5 Response Information: sent in CONNACK to a client that asks for
+    # it (Request Response Information 1), as the basis of the response
+    # topics it may use (the broker gives it no other meaning). "": none is
+    # sent, whatever the client asks. At most 255 bytes.
+    "response_information": ("", None, 255),
     # --- retained messages ----------------------------------------------------
     # A retained message for a NEW topic that would pass either cap is not
     # stored (it is still delivered to current subscribers); replacing or
@@ -182,6 +194,9 @@ def _check(key, value):
     if low is not None and value not in low:
         raise ConfigError(
             "config key '%s': %r is not one of %s" % (key, value, ", ".join(low)))
+    if high is not None and len(value.encode()) > high:
+        raise ConfigError(
+            "config key '%s': %d bytes is too long (allowed 0..%d bytes)" % (key, len(value.encode()), high))
     return value
 
 

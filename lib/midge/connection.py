@@ -266,7 +266,7 @@ class Connection:
         task waits for room."""
         broker = self.broker
         while self._out and not self._done:
-            if not self._commit():
+            if broker.store is not None and not self._commit():  # (no call without a store)
                 return True
             n = self._write_some()
             full = n < 0
@@ -280,7 +280,7 @@ class Connection:
             if full:
                 return False
             s = self.session
-            if s is not None and s.has_pending():
+            if s is not None and (s.queue or s.backlog or s.resend):  # s.has_pending(), inline
                 broker.flow.pump(s)  # may queue more: written by this same loop
         return True
 
@@ -294,19 +294,20 @@ class Connection:
         out = self._out
         off = self._off
         p = out[0]
-        want = len(p) - off
+        size = len  # (a local: one builtin lookup per write, not per part)
+        want = size(p) - off
         e = 1
-        m = len(out)
-        if m > 1 and want + len(out[1]) <= _WRITE_MAX:
+        m = size(out)
+        if m > 1 and want + size(out[1]) <= _WRITE_MAX:
             buf = _gather
-            _gather[:want] = memoryview(p)[off:] if off else p
+            buf[:want] = memoryview(p)[off:] if off else p
             boff = 0
             while e < m:
                 p = out[e]
-                k = want + len(p)
+                k = want + size(p)
                 if k > _WRITE_MAX:
                     break
-                _gather[want:k] = p
+                buf[want:k] = p
                 want = k
                 e += 1
         else:
@@ -455,7 +456,9 @@ class Connection:
             if log.level <= log.INFO:
                 log.info("%s closed: %s", self._name(), e.args[0] if e.args else e)
             if self.state == ACTIVE:
-                d = self.wire.disconnect(e.reason)  # MQTT 5 says why [MQTT-4.13.1-1]; 3.1.1 just closes
+                # MQTT 5 says why [MQTT-4.13.1-1], with the error's text as
+                # its Reason String; 3.1.1 just closes
+                d = self.wire.disconnect(e.reason, e.args[0] if e.args else None)
                 if d is not None:
                     self.send(d)
             self.closing = True
@@ -469,7 +472,8 @@ class Connection:
         # leave or be copied before the next read). After an error has
         # closed this one: a packet it left half done (a SUBSCRIBE whose
         # SUBACK was never queued) sends nothing of it.
-        self._commit()
+        if self.broker.store is not None:
+            self._commit()
         flush_dirty(self.broker)
 
     def _internal_error(self, e):
@@ -501,18 +505,23 @@ class Connection:
         broker = self.broker
         flow = broker.flow
         max_packet = broker.max_packet
+        # locals, not globals: a global (or builtin) lookup per packet costs
+        # more than a small packet's work (docs/DESIGN.md, "Hot paths")
+        frame_end = codec.frame_end
+        fast = forward_qos0
+        handle = handlers.handle
         pos = 0
         broker.flush_hold = True  # flushed below, once for the whole chunk
         try:
             while True:
-                v = codec.frame_end(data, pos, max_packet)
+                v = frame_end(data, pos, max_packet)
                 if v < 0:
                     break
                 first = data[pos]
                 start = pos + (v & 7)
                 end = v >> 3
-                if first != _QOS0_PUBLISH or not forward_qos0(self, data, pos, start, end):
-                    handlers.handle(broker, self, first, data, start, end)
+                if first != _QOS0_PUBLISH or not fast(self, data, pos, start, end):
+                    handle(broker, self, first, data, start, end)
                 pos = end
                 if self.closing:
                     break
@@ -653,7 +662,7 @@ def forward_qos0(conn, buf, pos, start, end):
     if t_end > end:
         return False
     topic = bytes(buf[start + 2:t_end])
-    route = broker.subs.route(topic)
+    route = broker.routes.get(topic)  # (Subscriptions.route, without the call)
     if route is None:
         return False
     if not _admit(broker, conn.session, topic):
@@ -661,14 +670,17 @@ def forward_qos0(conn, buf, pos, start, end):
     frame = None
     others = None
     sent = 0
+    n = end - pos
     # heap short: QoS 0 goes only to subscribers that have nothing unsent
     max_out = broker.max_outbound
     slack = max_out - 1 if broker.heap.level else 0
-    # (Methods are taken from the class, not looked up on each subscriber's
-    # connection: an instance attribute lookup that misses, as every method
-    # lookup does, probes the instance's table up to an empty slot, and the
-    # tables of busy connections are nearly full: measured 470k -> 540k
-    # deliveries/s in QoS 0 fan-out. room() is inlined for the same reason.)
+    # Per delivery this loop makes no call and no global lookup in the
+    # common case: a Python call (its frame is allocated on the heap) or a
+    # builtin's lookup costs more than the rest of a delivery; so room() and
+    # Connection.send are inlined, and methods are taken from the class
+    # (docs/DESIGN.md, "Hot paths").
+    cls = _type = type
+    send = None
     for s in route:
         c = s.conn
         if c is None:
@@ -676,14 +688,30 @@ def forward_qos0(conn, buf, pos, start, end):
         if v5 and c.wire.v5:
             others = _gather_item(others, s)
             continue
-        if max_out - c._out_bytes <= slack:  # room() <= slack
+        used = c._out_bytes
+        if max_out - used <= slack:  # room() <= slack
             broker.flow.drop_qos0(c)
             continue
         if frame is None:
             # a view, not a copy: the flush at the end of the chunk
             # writes or copies it before `buf` changes (send())
-            frame = buf[pos:end] if type(buf) is memoryview else bytes(buf[pos:end])
-        type(c).send(c, frame)
+            frame = buf[pos:end] if _type(buf) is memoryview else bytes(buf[pos:end])
+        out = c._out
+        if out and c._dirty:
+            # send()'s common case: on broker.dirty already, so the flush at
+            # the end of this chunk writes or copies the view; within
+            # max_unsent, since used + n < max_outbound + max_packet_size
+            try:
+                out.append(frame)
+                c._out_bytes = used + n
+            except MemoryError:
+                c._memory_error("queueing output")  # as send() would
+                continue
+        else:
+            if _type(c) is not cls:
+                cls = _type(c)
+                send = cls.send
+            send(c, frame)
         sent += 1
     broker.msgs_out += sent  # (once per message, not per delivery)
     if others is not None:

@@ -23,9 +23,23 @@ from . import log
 from .compat import const
 from .heap import CRITICAL
 from .protocol import ProtocolError, RC_RECEIVE_MAXIMUM_EXCEEDED, RC_PROTOCOL_ERROR
-from .session import PID, MSG, QOS, RETAIN, STATE, AWAIT_ACK, AWAIT_COMP
 from . import topics
-from .wire311 import PUBACK, PUBREC, PUBREL, PUBCOMP
+
+# Inflight entry fields and states (session.py) and acknowledgement first
+# bytes (wire311.py), as private constants: the compiler inlines them here,
+# where an imported name would be a global lookup per use on the QoS 1/2
+# paths (tests/test_delivery_constants.py checks they agree).
+_PID = const(0)
+_MSG = const(1)
+_QOS = const(2)
+_RETAIN = const(3)
+_STATE = const(4)
+_AWAIT_ACK = const(0)
+_AWAIT_COMP = const(1)
+_PUBACK = const(0x40)
+_PUBREC = const(0x50)
+_PUBREL = const(0x62)
+_PUBCOMP = const(0x70)
 
 _PRESSURE_MAX_MS = const(5000)  # longest one session's full queue slows others
 _RELIEF_BATCH = const(8)        # queued messages dropped per heap check while CRITICAL
@@ -67,27 +81,28 @@ class Delivery:
         qos = msg.qos
         if qos == 2:
             if pid in s.in_qos2:
-                conn.send(conn.wire.ack(PUBREC, pid))
+                conn.send(conn.wire.ack(_PUBREC, pid))
                 return
             if len(s.in_qos2) >= self.max_inflight_in:
                 raise ProtocolError("too many QoS 2 messages awaiting PUBREL",
                                     RC_RECEIVE_MAXIMUM_EXCEEDED, "inflight_in_exceeded")
         reason = 0
-        if b.admit(s, msg.topic_bytes):
-            if topics.is_sys_reserved(msg.topic):
+        tb = msg.topic_bytes
+        if b.admit(s, tb):
+            if tb[0] == 0x24 and topics.is_sys_reserved(msg.topic):  # "$..." (topics are never empty here)
                 self.count("sys_publish_dropped")
             else:
                 b.publish(msg, False, True, s)
         else:
             reason = 0x87  # not authorised: acknowledged, not delivered
         if qos == 1:
-            conn.send(conn.wire.ack(PUBACK, pid, reason))  # [MQTT-4.3.2-2]
+            conn.send(conn.wire.ack(_PUBACK, pid, reason))  # [MQTT-4.3.2-2]
         elif qos == 2:
             s.add_in_qos2(pid)
             st = s.store
             if st is not None:
                 st.in2_add(s, pid)
-            conn.send(conn.wire.ack(PUBREC, pid, reason))  # [MQTT-4.3.3-2]
+            conn.send(conn.wire.ack(_PUBREC, pid, reason))  # [MQTT-4.3.3-2]
 
     def pubrel(self, conn, s, pid):
         """Release an inbound QoS 2 packet id; PUBCOMP either way
@@ -101,7 +116,7 @@ class Delivery:
                 st.in2_del(s, pid)
         else:
             reason = 0x92
-        conn.send(conn.wire.ack(PUBCOMP, pid, reason))
+        conn.send(conn.wire.ack(_PUBCOMP, pid, reason))
 
     # --- outbound -----------------------------------------------------------------
 
@@ -135,7 +150,7 @@ class Delivery:
             pid = self._send_new(s, msg, qos, retain, sids)
             st = s.store
             if pid and st is not None:
-                st.inflight(s, msg, pid, qos, retain)
+                st.inflight(s, msg, pid, qos, retain, sids)
         else:
             self._enqueue(s, msg, qos, retain, sids)
 
@@ -154,15 +169,26 @@ class Delivery:
         this client, oversize_dropped: nothing enters the window)."""
         pid = s.next_pid()
         conn = s.conn
-        head = self._head(conn, msg, qos, retain, False, pid, sids)  # before any state changes
+        # _head() and _send_publish() inline: this runs for every QoS 1 and
+        # 2 delivery (docs/DESIGN.md, "Hot paths")
+        wire = conn.wire
+        b = self.broker
+        try:
+            head = wire.publish_head(msg, qos, retain, False, pid, sids, b.uptime_ms)  # before any state changes
+        except MemoryError:
+            if not self.make_room():
+                raise
+            head = wire.publish_head(msg, qos, retain, False, pid, sids, b.uptime_ms)
         if head is None:
             self.counters["oversize_dropped"] += 1
             return 0
         # (the subscription identifiers, if any, ride along for a resend)
-        s.add_inflight([pid, msg, qos, retain, AWAIT_ACK] if sids is None else
-                       [pid, msg, qos, retain, AWAIT_ACK, sids])
-        _send_publish(conn, head, msg)
-        self.broker.msgs_out += 1
+        s.add_inflight([pid, msg, qos, retain, _AWAIT_ACK] if sids is None else
+                       [pid, msg, qos, retain, _AWAIT_ACK, sids])
+        conn.send(head)
+        if msg.payload:
+            conn.send(msg.payload)
+        b.msgs_out += 1
         return pid
 
     def _head(self, conn, msg, qos, retain, dup, pid, sids=None):
@@ -191,21 +217,21 @@ class Delivery:
         while s.resend and conn.room() > 0:
             e = inf[len(inf) - s.resend]
             s.resend -= 1
-            if e[STATE] == AWAIT_ACK:
-                head = self._head(conn, e[MSG], e[QOS], e[RETAIN], True, e[PID],
+            if e[_STATE] == _AWAIT_ACK:
+                head = self._head(conn, e[_MSG], e[_QOS], e[_RETAIN], True, e[_PID],
                                   e[5] if len(e) > 5 else None)  # DUP [MQTT-3.3.1-1]
                 if head is None:  # a new connection with a smaller Maximum Packet Size
                     self.counters["oversize_dropped"] += 1
                     s.drop_inflight(e)
                     st = s.store
                     if st is not None:
-                        st.done(s, e[PID])
+                        st.done(s, e[_PID])
                     inf = s.inflight
                     continue
-                _send_publish(conn, head, e[MSG])
+                _send_publish(conn, head, e[_MSG])
                 self.broker.msgs_out += 1
             else:
-                conn.send(conn.wire.ack(PUBREL, e[PID]))
+                conn.send(conn.wire.ack(_PUBREL, e[_PID]))
         if s.resend:
             return  # in order [MQTT-4.4.0-1]: nothing new before the resends
         window = s.window or self.max_inflight
@@ -226,7 +252,7 @@ class Delivery:
                 pid = self._send_new(s, msg, qos, True, sids)
                 st = s.store
                 if pid and st is not None:
-                    st.inflight(s, msg, pid, qos, True)
+                    st.inflight(s, msg, pid, qos, True, sids)
             else:
                 head = self._head(conn, msg, 0, True, False, 0, sids)
                 if head is None:
@@ -279,7 +305,7 @@ class Delivery:
 
     def puback(self, s, pid):
         e = s.find_inflight(pid)
-        if e is not None and e[QOS] == 2:
+        if e is not None and e[_QOS] == 2:
             raise ProtocolError("PUBACK for a QoS 2 packet id", RC_PROTOCOL_ERROR)
         if e is not None:
             self._finished(s, e, pid)
@@ -290,25 +316,25 @@ class Delivery:
         if conn.wire.ack_reason >= 0x80:
             # MQTT 5: the client refused the message; the exchange ends
             # here, no PUBREL (MQTT 5 section 4.3.3)
-            if e is not None and e[STATE] == AWAIT_ACK:
+            if e is not None and e[_STATE] == _AWAIT_ACK:
                 self._finished(s, e, pid)
             return
-        if e is not None and e[QOS] == 1:
+        if e is not None and e[_QOS] == 1:
             raise ProtocolError("PUBREC for a QoS 1 packet id", RC_PROTOCOL_ERROR)
-        if e is not None and e[STATE] == AWAIT_ACK:
+        if e is not None and e[_STATE] == _AWAIT_ACK:
             # (if still waiting for its resend, it is now resent as a PUBREL:
             # one more, which the client answers with PUBCOMP again)
-            e[STATE] = AWAIT_COMP
-            e[MSG] = None  # the message itself is no longer needed [MQTT-4.3.3-1]
+            e[_STATE] = _AWAIT_COMP
+            e[_MSG] = None  # the message itself is no longer needed [MQTT-4.3.3-1]
             st = s.store
             if st is not None:
                 st.comp(s, pid)
         # PUBREL either way; MQTT 5: 0x92 for a packet id not in flight
-        conn.send(conn.wire.ack(PUBREL, pid, 0 if e is not None else 0x92))
+        conn.send(conn.wire.ack(_PUBREL, pid, 0 if e is not None else 0x92))
 
     def pubcomp(self, s, pid):
         e = s.find_inflight(pid)
-        if e is not None and e[STATE] == AWAIT_COMP:
+        if e is not None and e[_STATE] == _AWAIT_COMP:
             self._finished(s, e, pid)
 
     # --- the retained backlog of new subscriptions -----------------------------
@@ -372,7 +398,7 @@ class Delivery:
         self.restore_queue(s, msg, qos, retain, sids)
         st = s.store
         if st is not None:
-            st.queue(s, msg, qos)
+            st.queue(s, msg, qos, retain, sids)
         if s.conn is not None and s not in self.pressured and self._over_half(s):
             self.pressured[s] = self.broker.uptime_ms
 

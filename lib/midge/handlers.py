@@ -6,47 +6,61 @@
 # close and a counter. After a refused CONNECT it sets conn.closing so the
 # connection flushes the CONNACK and closes.
 from . import codec
+from .compat import const
 from .message import Message, expiry_at
 from .protocol import (
-    ProtocolError, RC_PROTOCOL_ERROR, RC_UNSUPPORTED_PROTOCOL, LEVEL_31, AWAIT_CONNECT, ACTIVE, REFUSED,
-    CONNECT, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBSCRIBE, UNSUBSCRIBE,
-    PINGREQ, DISCONNECT,
+    ProtocolError, RC_PROTOCOL_ERROR, RC_UNSUPPORTED_PROTOCOL, LEVEL_31, REFUSED,
 )
 from .wire311 import WIRE311, WIRE31
 
-_AUTH = 15
+# Packet types and connection states (protocol.py) as private constants:
+# the compiler inlines them, where an imported name is a global lookup per
+# packet (tests/test_connection.py checks they agree with protocol.py).
+_AWAIT_CONNECT = const(0)
+_ACTIVE = const(1)
+_CONNECT = const(1)
+_PUBLISH = const(3)
+_PUBACK = const(4)
+_PUBREC = const(5)
+_PUBREL = const(6)
+_PUBCOMP = const(7)
+_SUBSCRIBE = const(8)
+_UNSUBSCRIBE = const(10)
+_PINGREQ = const(12)
+_DISCONNECT = const(14)
+_AUTH = const(15)
 
 
 def handle(broker, conn, first, buf, start, end):
     ptype = first >> 4
     flags = first & 0x0F
-    if conn.state != ACTIVE:
-        if conn.state != AWAIT_CONNECT:
+    if conn.state != _ACTIVE:
+        if conn.state != _AWAIT_CONNECT:
             raise ProtocolError("packet after the connection ended", RC_PROTOCOL_ERROR)
-        if ptype != CONNECT:
+        if ptype != _CONNECT:
             raise ProtocolError("packet type %d before CONNECT" % ptype, RC_PROTOCOL_ERROR)  # [MQTT-3.1.0-1]
         _connect(broker, conn, flags, buf, start, end)
         return
     s = conn.session
     flow = broker.flow
-    if ptype == PUBLISH:
+    if ptype == _PUBLISH:
         _publish(broker, conn, s, flags, buf, start, end)
-    elif ptype == PUBACK:
-        flow.puback(s, conn.wire.decode_ack(PUBACK, flags, buf, start, end))
-    elif ptype == PUBREC:
-        flow.pubrec(s, conn.wire.decode_ack(PUBREC, flags, buf, start, end))
-    elif ptype == PUBREL:
-        flow.pubrel(conn, s, conn.wire.decode_ack(PUBREL, flags, buf, start, end))
-    elif ptype == PUBCOMP:
-        flow.pubcomp(s, conn.wire.decode_ack(PUBCOMP, flags, buf, start, end))
-    elif ptype == SUBSCRIBE:
+    elif ptype == _PUBACK:
+        flow.puback(s, conn.wire.decode_ack(_PUBACK, flags, buf, start, end))
+    elif ptype == _PUBREC:
+        flow.pubrec(s, conn.wire.decode_ack(_PUBREC, flags, buf, start, end))
+    elif ptype == _PUBREL:
+        flow.pubrel(conn, s, conn.wire.decode_ack(_PUBREL, flags, buf, start, end))
+    elif ptype == _PUBCOMP:
+        flow.pubcomp(s, conn.wire.decode_ack(_PUBCOMP, flags, buf, start, end))
+    elif ptype == _SUBSCRIBE:
         _subscribe(broker, conn, s, flags, buf, start, end)
-    elif ptype == UNSUBSCRIBE:
+    elif ptype == _UNSUBSCRIBE:
         _unsubscribe(broker, s, flags, buf, start, end)
-    elif ptype == PINGREQ:
+    elif ptype == _PINGREQ:
         codec.check_empty(flags, start, end)
         conn.send(conn.wire.pingresp())  # [MQTT-3.12.4-1]
-    elif ptype == DISCONNECT:
+    elif ptype == _DISCONNECT:
         reason, expiry = conn.wire.decode_disconnect(flags, buf, start, end)
         if expiry >= 0:
             broker.set_expiry(s, expiry)  # MQTT 5 [MQTT-3.14.2-2]
@@ -55,7 +69,7 @@ def handle(broker, conn, first, buf, start, end):
     elif ptype == _AUTH and conn.wire.v5:
         # no enhanced authentication: CONNECT had no Authentication Method
         raise ProtocolError("AUTH without an authentication method", RC_PROTOCOL_ERROR)  # [MQTT-4.12.0-1]
-    elif ptype == CONNECT:
+    elif ptype == _CONNECT:
         raise ProtocolError("second CONNECT", RC_PROTOCOL_ERROR)  # [MQTT-3.1.0-2]
     else:
         # CONNACK, SUBACK, UNSUBACK, PINGRESP are server-to-client only;
@@ -100,7 +114,7 @@ def _publish(broker, conn, s, flags, buf, start, end):
             msg.props = p.fwd
         if p.expiry_s >= 0:
             msg.expires_ms = expiry_at(broker.uptime_ms, p.expiry_s)
-    if broker.subs.route(msg.topic_bytes) is None:  # a cached topic passed before
+    if broker.routes.get(msg.topic_bytes) is None:  # a cached topic passed before
         broker.check_name(p.topic, len(msg.topic_bytes))
     broker.flow.receive(conn, s, msg, p.pid)
 

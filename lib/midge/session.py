@@ -3,15 +3,18 @@
 # Ownership: the Broker creates, finds and drops sessions; a Connection
 # points at its session while attached (session.conn is that connection,
 # None while offline). Messages are shared references, never copied.
-# inflight entry fields (a list per entry, mutated in place)
-PID = 0
-MSG = 1
-QOS = 2
-RETAIN = 3
-STATE = 4
+from .compat import const
+
+# inflight entry fields (a list per entry, mutated in place); const: inlined
+# where used in this module (delivery.py has its own private copies)
+PID = const(0)
+MSG = const(1)
+QOS = const(2)
+RETAIN = const(3)
+STATE = const(4)
 # STATE values
-AWAIT_ACK = 0   # PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2)
-AWAIT_COMP = 1  # PUBREL sent; waiting for PUBCOMP
+AWAIT_ACK = const(0)   # PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2)
+AWAIT_COMP = const(1)  # PUBREL sent; waiting for PUBCOMP
 
 
 class Session:
@@ -98,18 +101,17 @@ class Session:
         """A packet identifier not in use by an inflight message
         [MQTT-2.3.1-2]. The window is far smaller than 65535, so this ends."""
         pid = self._next_pid
-        while True:
-            if not self._pid_used(pid):
-                break
-            pid = pid + 1 if pid < 65535 else 1
+        inf = self.inflight
+        used = True
+        while used:
+            used = False
+            for e in inf:
+                if e[PID] == pid:
+                    used = True
+                    pid = pid + 1 if pid < 65535 else 1
+                    break
         self._next_pid = pid + 1 if pid < 65535 else 1
         return pid
-
-    def _pid_used(self, pid):
-        for e in self.inflight:
-            if e[PID] == pid:
-                return True
-        return False
 
     def find_inflight(self, pid):
         for e in self.inflight:

@@ -71,6 +71,9 @@ R_MSG5 = const(20)       # mid, topic, qos, u32 expiry left, props blob, payload
                          # body with MQTT 5 properties or a Message Expiry Interval
 R_RETAIN5 = const(21)    # topic, qos, u32 expiry left, props blob, payload: R_RETAIN, MQTT 5
 R_WILL5 = const(22)      # cid, topic, qos, retain, u32 delay, u32 expiry, props blob, payload
+R_QUEUE5 = const(23)     # cid, mid, qos, retain, sub ids: R_QUEUE under MQTT 5 subscription
+                         # options (Retain As Published, subscription identifiers)
+R_INFLIGHT5 = const(24)  # cid, mid, pid, qos, retain, sub ids: R_INFLIGHT with subscription ids
 _NO_EXPIRY = const(0xFFFFFFFF)  # "no Message Expiry Interval" in the u32 expiry fields
 
 _SNAP = "midge.snap"   # snapshot: header + records
@@ -124,6 +127,11 @@ def _s16(b):
 
 def _b32(b):
     return struct.pack(">I", len(b)) + b
+
+
+def _ids(sids):
+    """Subscription identifiers: u16 count, then a u32 each."""
+    return struct.pack(">H", len(sids)) + b"".join(struct.pack(">I", i) for i in sids)
 
 
 class Store:
@@ -262,9 +270,16 @@ class Store:
     def unsub(self, s, filt):
         self._rec(R_UNSUB, self._sid(s) + _s16(filt.encode()))
 
-    def queue(self, s, msg, qos):
+    def queue(self, s, msg, qos, retain=False, sids=None):
+        """A queue entry (Delivery.restore_queue): R_QUEUE, or R_QUEUE5
+        when MQTT 5 options came with it (the retain flag as published, the
+        subscription identifiers)."""
         mid = self._msg_ref(msg)
-        self._rec(R_QUEUE, self._sid(s) + struct.pack(">IB", mid, qos))
+        if not retain and sids is None:
+            self._rec(R_QUEUE, self._sid(s) + struct.pack(">IB", mid, qos))
+        else:
+            self._rec(R_QUEUE5, self._sid(s) + struct.pack(">IBB", mid, qos, 1 if retain else 0)
+                      + _ids(sids or ()))
 
     def drop(self, s):
         self._rec(R_DROP, self._sid(s), False)
@@ -272,9 +287,13 @@ class Store:
     def send(self, s, pid):
         self._rec(R_SEND, self._sid(s) + struct.pack(">H", pid))
 
-    def inflight(self, s, msg, pid, qos, retain):
+    def inflight(self, s, msg, pid, qos, retain, sids=None):
         mid = self._msg_ref(msg, retain)  # retain: sent from the retained store
-        self._rec(R_INFLIGHT, self._sid(s) + struct.pack(">IHBB", mid, pid, qos, 1 if retain else 0))
+        body = self._sid(s) + struct.pack(">IHBB", mid, pid, qos, 1 if retain else 0)
+        if sids is None:
+            self._rec(R_INFLIGHT, body)
+        else:
+            self._rec(R_INFLIGHT5, body + _ids(sids))
 
     def comp(self, s, pid):
         self._rec(R_COMP, self._sid(s) + struct.pack(">H", pid))
@@ -508,10 +527,13 @@ class Store:
                 if e[4] == AWAIT_COMP:
                     self._rec(R_INFLIGHT_COMP, self._sid(s) + struct.pack(">H", e[0]))
                 else:
-                    self.inflight(s, e[1], e[0], e[2], e[3])
+                    self.inflight(s, e[1], e[0], e[2], e[3], e[5] if len(e) > 5 else None)
                 yield self._take()
             for e in s.queue:
-                self.queue(s, e[0], e[1])
+                if len(e) > 2:  # (msg, qos, retain, sids): MQTT 5 options
+                    self.queue(s, e[0], e[1], e[2], e[3])
+                else:
+                    self.queue(s, e[0], e[1])
                 yield self._take()
             for pid in s.in_qos2:
                 self.in2_add(s, pid)

@@ -24,7 +24,7 @@ from .message import Message, expiry_at
 from .session import Session, AWAIT_ACK, AWAIT_COMP
 from .store import (StoreError, MAGIC, VERSION, _errtext, R_RETAIN, R_SESSION, R_SESSION_DEL, R_SUB,
                     R_UNSUB, R_MSG, R_QUEUE, R_DROP, R_SEND, R_INFLIGHT, R_COMP, R_DONE, R_IN2_ADD,
-                    R_IN2_DEL, R_WILL, R_WILL_DEL, R_INFLIGHT_COMP, R_SUB5, R_EXPIRY, R_MSG5,
+                    R_IN2_DEL, R_WILL, R_WILL_DEL, R_INFLIGHT_COMP, R_SUB5, R_EXPIRY, R_MSG5, R_QUEUE5, R_INFLIGHT5,
                     R_RETAIN5, R_WILL5)
 
 _SNAP_HEAD = const(16)   # b"MIDG" | version | 3 zero | base | CRC of the 12 before
@@ -519,8 +519,8 @@ def _apply(st, broker, rtype, r, msgs, online):
         return
     s = st._sids[sid]
     if rtype == R_SESSION_DEL:
-        for msg, qos in s.queue:
-            _unref(msgs, msg)
+        for e in s.queue:
+            _unref(msgs, e[0])
         for e in s.inflight:
             _unref(msgs, e[1])
         broker.drop_session(s)
@@ -534,20 +534,32 @@ def _apply(st, broker, rtype, r, msgs, online):
         broker.restore_sub(s, filt, r.u32())
     elif rtype == R_UNSUB:
         broker.restore_unsub(s, r.s())
-    elif rtype == R_QUEUE:
+    elif rtype == R_QUEUE or rtype == R_QUEUE5:
         msg = _ref(msgs, r.u32())
-        broker.flow.restore_queue(s, msg, r.u8())
+        qos = r.u8()
+        if rtype == R_QUEUE5:
+            retain = bool(r.u8())
+            broker.flow.restore_queue(s, msg, qos, retain, _read_ids(r))
+        else:
+            broker.flow.restore_queue(s, msg, qos)
     elif rtype == R_DROP:
-        msg, qos = broker.flow.dequeue(s)
-        _unref(msgs, msg)
+        _unref(msgs, broker.flow.dequeue(s)[0])
     elif rtype == R_SEND:
-        msg, qos = broker.flow.dequeue(s)
-        s.add_inflight([r.u16(), msg, qos, False, AWAIT_ACK])
-    elif rtype == R_INFLIGHT:
+        # the queue head, with its options if any (as Delivery.pump sends it)
+        e = broker.flow.dequeue(s)
+        if len(e) > 2 and e[3] is not None:
+            s.add_inflight([r.u16(), e[0], e[1], e[2], AWAIT_ACK, e[3]])
+        else:
+            s.add_inflight([r.u16(), e[0], e[1], len(e) > 2 and e[2], AWAIT_ACK])
+    elif rtype == R_INFLIGHT or rtype == R_INFLIGHT5:
         msg = _ref(msgs, r.u32())
         pid = r.u16()
         qos = r.u8()
-        s.add_inflight([pid, msg, qos, bool(r.u8()), AWAIT_ACK])
+        retain = bool(r.u8())
+        if rtype == R_INFLIGHT5:
+            s.add_inflight([pid, msg, qos, retain, AWAIT_ACK, _read_ids(r)])
+        else:
+            s.add_inflight([pid, msg, qos, retain, AWAIT_ACK])
     elif rtype == R_INFLIGHT_COMP:
         s.add_inflight([r.u16(), None, 2, False, AWAIT_COMP])
     elif rtype == R_COMP:
@@ -600,6 +612,11 @@ def _v5(broker, msg, left, props):
         msg.props = props
     if left != 0xFFFFFFFF:
         msg.expires_ms = expiry_at(broker.uptime_ms, left)
+
+
+def _read_ids(r):
+    """Subscription identifiers (store._ids) as a tuple."""
+    return tuple(r.u32() for i in range(r.u16()))
 
 
 def _ref(msgs, mid):

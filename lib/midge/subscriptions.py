@@ -17,7 +17,7 @@ from .compat import const
 # Route cache: topic name (bytes) -> {session: highest granted qos}, the
 # result of match() for a topic clients publish to again and again (sensor
 # readings), used by Broker.publish and the QoS 0 forwarding fast path
-# (Connection._forward_qos0). A topic is only cached after it passed
+# (connection.forward_qos0, through Broker.routes: this same dict). A topic is only cached after it passed
 # Broker.check_name. Any subscription change empties it; when full it is
 # emptied before an insert.
 _ROUTES_MAX = const(16)
@@ -27,19 +27,19 @@ class Subscriptions:
     def __init__(self):
         self._root = trie.Node()  # node.value: dict session -> granted qos
         self.count = 0  # filters held, over all sessions
-        self._routes = {}
+        self.routes = {}  # the route cache: one dict for good (the broker keeps it too)
 
     def route(self, topic_bytes):
         """Cached sessions for a topic, or None if not cached."""
-        return self._routes.get(topic_bytes)
+        return self.routes.get(topic_bytes)
 
     def forget_routes(self):
         """Empty the route cache (a change elsewhere, a new shared
         subscription group, may make a cached route incomplete)."""
-        self._routes.clear()
+        self.routes.clear()
 
     def cache_route(self, topic_bytes, sessions):
-        r = self._routes
+        r = self.routes
         if len(r) >= _ROUTES_MAX:
             r.clear()
         r[topic_bytes] = sessions
@@ -47,7 +47,7 @@ class Subscriptions:
     def add(self, levels, session, qos):
         """Subscribe; returns True if the filter was new for this session
         (False: granted QoS replaced [MQTT-3.8.4-3])."""
-        self._routes.clear()
+        self.routes.clear()
         node = trie.make(self._root, levels)
         if node.value is None:
             node.value = {}
@@ -59,7 +59,7 @@ class Subscriptions:
 
     def remove(self, levels, session):
         """Unsubscribe; returns True if the subscription existed."""
-        self._routes.clear()
+        self.routes.clear()
         node, path = trie.find_path(self._root, levels)
         if node is None or not node.value or session not in node.value:
             return False

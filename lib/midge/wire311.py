@@ -52,6 +52,12 @@ def connack_code(reason):
     return _UNAVAILABLE  # server unavailable, busy, quota exceeded, ...
 
 
+def _publish_head(msg, qos, retain, dup, pid, extra=None, now_ms=0):
+    """Wire311.publish_head. extra (MQTT 5 per-delivery properties) and
+    now_ms (for the expiry left) have no place in 3.1.1."""
+    return codec.publish_head(msg.topic_bytes, len(msg.payload), qos, retain, dup, pid)
+
+
 class Wire311:
     level = LEVEL_311
     v5 = False            # no properties, no reason codes on acknowledgements
@@ -61,12 +67,16 @@ class Wire311:
 
     ack_reason = 0  # 3.1.1 acknowledgements carry no reason
 
-    def decode_publish(self, flags, buf, start, end):
-        return codec.decode_publish(flags, buf, start, end)
+    # The per-message methods are the codec's functions themselves, not
+    # methods that call them: a Python call per message costs more than a
+    # small packet's decoding (docs/DESIGN.md, "Hot paths").
 
-    def decode_ack(self, ptype, flags, buf, start, end):
-        """PUBACK / PUBREC / PUBREL / PUBCOMP: exactly a packet id."""
-        return codec.decode_pid_only(flags, 2 if ptype == 6 else 0, buf, start, end)
+    # decode_publish(flags, buf, start, end) -> codec.Publish
+    decode_publish = staticmethod(codec.decode_publish)
+
+    # decode_ack(ptype, flags, buf, start, end) -> packet id: PUBACK /
+    # PUBREC / PUBREL / PUBCOMP are exactly a packet id
+    decode_ack = staticmethod(codec.decode_ack)
 
     def sub_props(self):
         return None  # SUBSCRIBE / UNSUBSCRIBE have no properties
@@ -103,14 +113,13 @@ class Wire311:
     def pingresp(self):
         return _PINGRESP
 
-    def disconnect(self, reason):
+    def disconnect(self, reason, text=None):
         """A 3.1.1 server closes without a packet."""
         return None
 
-    def publish_head(self, msg, qos, retain, dup, pid, extra=None, now_ms=0):
-        """Head of a PUBLISH of msg (the payload follows as its own part).
-        extra: MQTT 5 per-delivery properties, unused here."""
-        return msg.head(qos, retain, dup, pid)
+    # publish_head(msg, qos, retain, dup, pid, extra=None, now_ms=0): head
+    # of a PUBLISH of msg (the payload follows as its own part)
+    publish_head = staticmethod(_publish_head)
 
     def publish_head0(self, msg, now_ms=0):
         """Head of msg's live QoS 0 delivery, cached on the message."""

@@ -30,9 +30,16 @@ class Wire5:
     aliases_out = None    # topic bytes -> alias
     assigned_id = None    # the client id the broker assigned, for CONNACK
     granted_expiry_s = -1  # session expiry the broker granted, when it differs from the request
+    server_keepalive_s = -1  # keep alive the broker imposed (max_keepalive_s), for CONNACK
+    problem = True        # Request Problem Information: reason strings on acknowledgements too
+    response = False      # Request Response Information: Response Information in CONNACK
 
     def __init__(self, cfg, c):
         p = c.props
+        if not p.request_problem:
+            self.problem = False  # only CONNACK and DISCONNECT may carry one [MQTT-3.1.2-29]
+        if p.request_response:
+            self.response = True
         self.max_packet_size = p.max_packet  # 0: the client states no limit
         # aliases we send: within the client's maximum AND max_topic_aliases
         # (each keeps its topic alive in aliases_out: the broker's own cap
@@ -122,13 +129,20 @@ class Wire5:
                 P.put_u32(out, P.SESSION_EXPIRY, self.granted_expiry_s)
             if self.assigned_id is not None:
                 P.put_str(out, P.ASSIGNED_CLIENT_ID, self.assigned_id.encode())
+            if self.server_keepalive_s >= 0:
+                P.put_u16(out, P.SERVER_KEEP_ALIVE, self.server_keepalive_s)
             if self.server_receive_max < 65535:
                 P.put_u16(out, P.RECEIVE_MAXIMUM, self.server_receive_max)
             P.put_u32(out, P.MAXIMUM_PACKET_SIZE, self.server_max_packet)
             if self.alias_in_max:
                 P.put_u16(out, P.TOPIC_ALIAS_MAXIMUM, min(self.alias_in_max, 65535))
+            info = cfg["response_information"]
+            if self.response and info:
+                P.put_str(out, P.RESPONSE_INFO, info.encode())
             # retain, wildcard, subscription identifiers and shared
             # subscriptions available, maximum QoS 2: the defaults, not stated
+        else:
+            self._reason_string(out, reason, None, 5)
         body = bytearray((1 if present and not reason else 0, reason))
         P.put_varint(body, len(out))
         body.extend(out)
@@ -137,19 +151,66 @@ class Wire5:
     def ack(self, first, pid, reason=0):
         if not reason:
             return bytes((first, 2, pid >> 8, pid & 0xFF))  # reason 0, no properties [MQTT-3.4.2-1]
-        return bytes((first, 3, pid >> 8, pid & 0xFF, reason))
+        pr = bytearray()
+        if self.problem:
+            self._reason_string(pr, reason, None, 4)
+        if not pr:
+            return bytes((first, 3, pid >> 8, pid & 0xFF, reason))
+        body = bytearray((pid >> 8, pid & 0xFF, reason))
+        P.put_varint(body, len(pr))
+        body.extend(pr)
+        return _packet(first, body)
 
     def suback(self, pid, codes):
-        return _packet(0x90, bytes((pid >> 8, pid & 0xFF, 0)) + bytes(codes))
+        return _packet(0x90, self._ack_props(pid, codes) + bytes(codes))
 
     def unsuback(self, pid, codes):
-        return _packet(0xB0, bytes((pid >> 8, pid & 0xFF, 0)) + bytes(codes))
+        return _packet(0xB0, self._ack_props(pid, codes) + bytes(codes))
 
     def pingresp(self):
         return b"\xd0\x00"
 
-    def disconnect(self, reason):
-        return bytes((0xE0, 1, reason))
+    def disconnect(self, reason, text=None):
+        """A server DISCONNECT; `text` (what went wrong), or the reason's
+        own, goes in a Reason String when the packet stays within the
+        client's Maximum Packet Size."""
+        pr = bytearray()
+        self._reason_string(pr, reason, text, 3)
+        if not pr:
+            return bytes((0xE0, 1, reason))
+        body = bytearray((reason,))
+        P.put_varint(body, len(pr))
+        body.extend(pr)
+        return _packet(0xE0, body)
+
+    def _ack_props(self, pid, codes):
+        """Packet id and properties of a SUBACK or UNSUBACK: a Reason String
+        for the first refused filter, if the client wants them."""
+        pr = bytearray()
+        if self.problem:
+            for c in codes:
+                if c >= 0x80:
+                    self._reason_string(pr, c, None, 4 + len(codes))
+                    break
+        body = bytearray((pid >> 8, pid & 0xFF))
+        P.put_varint(body, len(pr))
+        body.extend(pr)
+        return body
+
+    def _reason_string(self, out, reason, text, rest):
+        """Append a Reason String for `reason` (text, or _TEXTS's) to the
+        properties `out` of a packet whose other bytes number about
+        `rest`, unless it would take the packet past the client's Maximum
+        Packet Size [MQTT-3.1.2-25] (then nothing: it is optional)."""
+        if text is None:
+            text = _TEXTS.get(reason)
+            if text is None:
+                return
+        b = text.encode()
+        limit = self.max_packet_size
+        if limit and rest + len(out) + 3 + len(b) + 9 > limit:  # (9: fixed header and lengths, at most)
+            return
+        P.put_str(out, P.REASON_STRING, b)
 
     def publish_head(self, msg, qos, retain, dup, pid, sub_ids=None, now_ms=0):
         """Head of a PUBLISH of msg for this client: its forwarded
@@ -203,6 +264,34 @@ class Wire5:
 
     def publish_head0(self, msg, now_ms=0):
         return self.publish_head(msg, 0, False, False, 0, None, now_ms)
+
+
+# Reason Strings for the reason codes the broker sends (MQTT 5 table 2-6's
+# names); what went wrong in detail, where the broker knows it, comes with
+# the packet instead (a protocol error's text on DISCONNECT).
+_TEXTS = {
+    0x80: "refused",
+    0x81: "malformed packet",
+    0x82: "protocol error",
+    0x84: "unsupported protocol version",
+    0x85: "client identifier not valid",
+    0x86: "bad user name or password",
+    0x87: "not authorized",
+    0x88: "server unavailable",
+    0x89: "server busy",
+    0x8A: "banned",
+    0x8C: "bad authentication method",
+    0x8D: "keep alive timeout",
+    0x8E: "session taken over",
+    0x8F: "topic filter invalid",
+    0x90: "topic name invalid",
+    0x92: "packet identifier not found",
+    0x93: "receive maximum exceeded",
+    0x94: "topic alias invalid",
+    0x95: "packet too large",
+    0x97: "quota exceeded",
+    0x99: "payload format invalid",
+}
 
 
 def _packet(first, body):

@@ -82,3 +82,20 @@ def test_quick_run_json(tmp_path):
     header = data["table"]["header"]
     assert header[:4] == ["scenario", "figure", "midge/MicroPython", "mosquitto"]
     assert len(data["table"]["rows"]) >= 3
+
+
+@pytest.mark.parametrize("args", [["fanout", "3"], ["fanin", "2"], ["qos1", "5"], ["qos2", "5", "--split"]])
+def test_hotpath_runs_every_scenario_on_both_interpreters(args):
+    # tools/measure/hotpath.py (what hotpath_ir.sh counts): each scenario
+    # runs to the end, every message delivered (it exits non-zero if not),
+    # on the MicroPython unix port and on CPython
+    mp = brokerproc.find_micropython()
+    _require(mp is not None, "micropython not found (.venv/bin/micropython); run tools/setup.sh")
+    script = os.path.join(ROOT, "tools", "measure", "hotpath.py")
+    env = dict(os.environ, MICROPYPATH=".frozen:lib:tools",
+               PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "lib"), os.path.join(ROOT, "tools")]))
+    for cmd in ([mp, "-X", "heapsize=16M", script] + args, [sys.executable, script] + args):
+        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, (cmd, r.stdout, r.stderr)
+        name, n, rate = r.stdout.split()
+        assert name == args[0] and int(n) > 0 and int(rate) > 0

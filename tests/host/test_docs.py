@@ -47,6 +47,8 @@ def test_every_config_key_documented_with_default_and_range():
             assert row[2] == "%d..%d" % (low, high), (key, row[2])
         elif low is not None:
             assert row[2] == ", ".join(low), (key, row[2])
+        elif high is not None:
+            assert row[2] == "at most %d bytes" % high, (key, row[2])
 
 
 def test_every_counter_documented():

@@ -186,6 +186,7 @@ def test_protocol_errors_get_disconnect_with_reason(broker, bad, reason):
     pk = _raw5(broker.port, m5.connect("raw5", keepalive=0), bad)
     assert [p["type"] for p in pk] == ["connack", "disconnect"], pk
     assert pk[1]["reason"] == reason
+    assert m5.get(pk[1], m5.REASON_STRING)  # what went wrong, in words
     # only that connection: the broker serves the next one
     pk = _raw5(broker.port, m5.connect("raw5b", keepalive=0), m5.disconnect(0))
     assert pk[0]["type"] == "connack" and pk[0]["rc"] == 0
