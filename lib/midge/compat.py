@@ -156,6 +156,7 @@ if MICROPYTHON:
     import asyncio as _asyncio
     from asyncio import core as _core
     sleep_ms = _asyncio.sleep_ms
+    wait_for_ms = _asyncio.wait_for_ms  # (awaitable, ms): TimeoutError after ms
 
     def _readable(sock):
         # awaitable: resume when sock is readable (what asyncio's own
@@ -214,6 +215,10 @@ else:
 
     async def sleep_ms(ms):
         await _asyncio.sleep(ms / 1000)
+
+    def wait_for_ms(aw, ms):
+        """As MicroPython's: the awaitable, or TimeoutError after ms."""
+        return _asyncio.wait_for(aw, ms / 1000)
 
     class _ReadInto:
         """CPython's StreamReader has no readinto(): this adds it (one copy;

@@ -39,12 +39,17 @@
 #
 # Durability: every write is preceded by Broker.commit(), so nothing leaves
 # that acknowledges what the store has not written.
+#
+# Closing: the socket is closed once the last output is written; when the
+# broker ended the connection (not the client's EOF), after a lingering
+# read of at most _LINGER_MS that drops what the client still sends
+# (_linger), so that its unread input does not turn the close into a reset.
 import asyncio
 
 from . import codec, handlers, log
 from .message import Message
 from .compat import (const, ticks_ms, ticks_diff, print_exception, peer_text, sleep_ms, stream_reader,
-                     unsent, close_stream, write_some, writable)
+                     unsent, close_stream, write_some, writable, wait_for_ms)
 from .protocol import ProtocolError, AWAIT_CONNECT, ACTIVE
 from .wire311 import WIRE311
 from .broker import Broker
@@ -61,6 +66,7 @@ _QOS0_PUBLISH = const(0x30)  # fixed header of a QoS 0, retain 0, DUP 0 PUBLISH
 _SMALL = const(16)           # replies up to this size are packed into one buffer
 _WRITE_MAX = const(2048)     # bytes gathered for one write: small packets leave in one syscall
 _ABANDONED = const(1 << 40)  # added to _out_bytes when output is dropped: no room, no more sends
+_LINGER_MS = const(500)      # longest wait for the client to close after the broker ends a connection
 _gather = bytearray(_WRITE_MAX)  # ONE scratch buffer, shared: a run of small parts is copied
                                  # in and handed to the socket in one write, synchronously
 
@@ -123,6 +129,7 @@ class Connection:
     _done = False           # socket closed: nothing more is written
     _abandon = False        # output dropped (overflow, MemoryError): close without flushing
     _task = None            # the task running run()
+    _eof = False            # the client closed its side (set at the end of run())
     registry = None         # list this connection is in while it runs
 
     def __init__(self, broker, reader, writer, registry=None):
@@ -383,7 +390,8 @@ class Connection:
                     continue
                 n = await self.reader.readinto(self._read_space())
                 if not n:
-                    break  # EOF
+                    self._eof = True
+                    break
                 self._received(n)
         except asyncio.CancelledError:
             pass  # closed by the broker (takeover, keepalive) or the server
@@ -603,6 +611,8 @@ class Connection:
         a board."""
         try:
             await self._flush_last()
+            if not self._eof and not self._abandon and self.state != AWAIT_CONNECT:
+                await self._linger()  # (a socket closed before its CONNECT has nothing to say)
         except Exception:
             pass  # never leave the socket open for a failed flush
         finally:
@@ -621,6 +631,29 @@ class Connection:
                 self._rest = b""
             except Exception:
                 pass
+
+    async def _linger(self):
+        """The broker ends this connection after its CONNECT (a protocol
+        error, a refused CONNECT, a takeover, a keep alive timeout, a
+        DISCONNECT it received) and its last packets are written: read and
+        drop what the client still sends until it closes, for at most
+        _LINGER_MS. (Not before a CONNECT: a silent socket closed to free
+        its slot, or at connect_timeout_ms, frees it at once.)
+        Closing a socket with unread input resets the connection, and a
+        reset can destroy what the client has not read yet: the
+        DISCONNECT that says why, a refusing CONNACK. Into the shared read
+        buffer: nothing is kept across an await there."""
+        started = ticks_ms()
+        while True:
+            left = _LINGER_MS - ticks_diff(ticks_ms(), started)
+            if left <= 0:
+                return
+            try:
+                n = await wait_for_ms(self.reader.readinto(_shared_buf), left)
+            except Exception:  # the time is up (TimeoutError), or the socket failed
+                return
+            if not n:
+                return  # the client closed its side
 
     async def _flush_last(self):
         if self._abandon:

@@ -200,3 +200,39 @@ def test_oversize_packet_gets_disconnect_0x95(broker_factory):
     big = m5.publish("t", b"x" * 4100)[:16]
     pk = _raw5(broker.port, m5.connect("raw5big", keepalive=0), big)
     assert [(p["type"], p.get("reason")) for p in pk][-1] == ("disconnect", 0x95)
+
+
+def test_disconnect_reaches_a_client_that_is_still_sending(broker_factory):
+    # The broker ends the connection (receive maximum exceeded: 0x93) while
+    # the client is still sending (PUBRELs for the PUBRECs before the
+    # DISCONNECT, as the Eclipse Paho MQTT 5 test client does in
+    # test_flow_control2). The broker's lingering close reads and drops that
+    # input until the client closes, so the client's writes succeed and it
+    # reads the DISCONNECT.
+    broker = broker_factory(CAPS)
+    s = socket.create_connection((HOST, broker.port), timeout=5)
+    try:
+        s.sendall(m5.connect("linger5", keepalive=0))
+        pk, rest = m5.parse_all(s.recv(4096))
+        assert pk[0]["type"] == "connack" and pk[0]["rc"] == 0
+        n = m5.get(pk[0], m5.RECEIVE_MAXIMUM)
+        assert n == CAPS["max_inflight_in"]
+        s.sendall(b"".join(m5.publish("t", b"x", qos=2, pid=i) for i in range(1, n + 2)))
+        time.sleep(0.3)  # the broker answers, says why, and closes its side meanwhile
+        # the client goes on answering the PUBRECs it reads one by one: to a
+        # socket closed with unread input, the first write draws a reset,
+        # the next fails (EPIPE), and the client never reads the DISCONNECT
+        for i in range(1, n + 1):
+            s.sendall(m5.pubrel(i))
+            time.sleep(0.002)
+        data = b""
+        while True:
+            chunk = s.recv(4096)  # a reset raises ConnectionResetError here
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        s.close()
+    pk, rest = m5.parse_all(data)
+    assert [p["type"] for p in pk] == ["pubrec"] * n + ["disconnect"]
+    assert pk[-1]["reason"] == 0x93
