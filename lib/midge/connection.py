@@ -491,11 +491,14 @@ class Connection:
 
     def _closed(self):
         """The read side is done: detach (the will, if any, is published
-        and flushed to its subscribers)."""
-        self.closing = True
+        and flushed to its subscribers). Detach comes first: it lets the
+        session go before anything that may allocate (setting `closing`
+        can: a new instance attribute), so a MemoryError here cannot leave
+        the session attached to a closed connection, counted online."""
         broker = self.broker
         try:
             broker.detach(self, self.graceful)
+            self.closing = True
             broker.commit()
         except MemoryError:
             broker.memory_error("%s: out of memory while detaching" % self._name())
@@ -611,8 +614,9 @@ class Connection:
         a board."""
         try:
             await self._flush_last()
-            if not self._eof and not self._abandon and self.state != AWAIT_CONNECT:
-                await self._linger()  # (a socket closed before its CONNECT has nothing to say)
+            if (not self._eof and not self._abandon and self.state != AWAIT_CONNECT
+                    and not self.broker.heap.level):
+                await self._linger()
         except Exception:
             pass  # never leave the socket open for a failed flush
         finally:
@@ -637,8 +641,10 @@ class Connection:
         error, a refused CONNECT, a takeover, a keep alive timeout, a
         DISCONNECT it received) and its last packets are written: read and
         drop what the client still sends until it closes, for at most
-        _LINGER_MS. (Not before a CONNECT: a silent socket closed to free
-        its slot, or at connect_timeout_ms, frees it at once.)
+        _LINGER_MS. Not before a CONNECT (a silent socket closed to free
+        its slot, or at connect_timeout_ms, has nothing to say and frees
+        the slot at once), and not while the heap guard sheds load (the
+        connection's heap goes back at once: a lingering task holds it).
         Closing a socket with unread input resets the connection, and a
         reset can destroy what the client has not read yet: the
         DISCONNECT that says why, a refusing CONNACK. Into the shared read

@@ -157,17 +157,23 @@ def test_mixed_v311_and_v5_clients(broker, paho_pool, mosq):
     assert {(m.topic, m.payload, m.retain) for m in got} == {(t, p, True) for t, p in want}
 
 
+def _recv_all(s):
+    """Everything the broker sends until it closes (a reset raises
+    ConnectionResetError)."""
+    data = b""
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            return data
+        data += chunk
+
+
 def _raw5(port, *packets):
     s = socket.create_connection((HOST, port), timeout=5)
     s.sendall(b"".join(packets))
-    data = b""
     s.settimeout(3)
     try:
-        while True:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
+        data = _recv_all(s)
     finally:
         s.close()
     pk, rest = m5.parse_all(data)
@@ -225,12 +231,7 @@ def test_disconnect_reaches_a_client_that_is_still_sending(broker_factory):
         for i in range(1, n + 1):
             s.sendall(m5.pubrel(i))
             time.sleep(0.002)
-        data = b""
-        while True:
-            chunk = s.recv(4096)  # a reset raises ConnectionResetError here
-            if not chunk:
-                break
-            data += chunk
+        data = _recv_all(s)
     finally:
         s.close()
     pk, rest = m5.parse_all(data)
