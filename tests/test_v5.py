@@ -477,13 +477,19 @@ def test_takeover_and_keepalive_send_disconnect_with_reason():
     client5(b, "d")
     pk = take5(old)
     assert [(x["type"], x["reason"]) for x in pk] == [("disconnect", 0x8E)] and old.closed
+    assert _silent_then_ticked(b, clock, "k", 1, 2000) == [("disconnect", 0x8D)]
+
+
+def _silent_then_ticked(b, clock, cid, keepalive, silent_ms):
+    """An MQTT 5 client asking for `keepalive` stays silent for silent_ms;
+    what the broker sends it at the next tick, as (type, reason)."""
     k = FakeConn()
-    feed(b, k, m5.connect("k", keepalive=1))
+    feed(b, k, m5.connect(cid, keepalive=keepalive))
     take5(k)
     k.last_rx_ms = clock()
-    clock.advance(2000)
+    clock.advance(silent_ms)
     b.tick()
-    assert [(x["type"], x["reason"]) for x in take5(k)] == [("disconnect", 0x8D)]
+    return [(x["type"], x["reason"]) for x in take5(k)]
 
 
 def test_max_keepalive_is_stated_as_server_keep_alive_or_refuses_311():
@@ -502,13 +508,7 @@ def test_max_keepalive_is_stated_as_server_keep_alive_or_refuses_311():
         feed(b, conn, m.connect("c%d" % asked, keepalive=asked))
         assert conn.take()[0]["rc"] == rc, asked
     # the imposed keep alive is the one checked: 1.5 x 60 s of silence
-    k = FakeConn()
-    feed(b, k, m5.connect("quiet", keepalive=0))
-    take5(k)
-    k.last_rx_ms = clock()
-    clock.advance(91000)
-    b.tick()
-    assert [(x["type"], x["reason"]) for x in take5(k)] == [("disconnect", 0x8D)]
+    assert _silent_then_ticked(b, clock, "quiet", 0, 91000) == [("disconnect", 0x8D)]
     # 0: no limit
     conn = FakeConn()
     feed(make_broker(), conn, m5.connect("free", keepalive=0))

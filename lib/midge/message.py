@@ -48,8 +48,3 @@ class Message:
         if h is None:
             h = self._head0 = bytes(codec.publish_head(self.topic_bytes, len(self.payload), 0, False, False, 0))
         return h
-
-    def head(self, qos, retain, dup, pid):
-        """Head of a PUBLISH of this message at this QoS, flags and packet
-        id (a new buffer: the pid differs per send); the payload follows."""
-        return codec.publish_head(self.topic_bytes, len(self.payload), qos, retain, dup, pid)
