@@ -10,6 +10,8 @@
 #   /lib/midge_settings.mpy  firmware/midge_settings.py: the settings' checks
 #   /board.json           boards/<name>/board.json: the board's caps
 #   /midge.json           settings: Wi-Fi, hostname, broker config overrides
+#   /passwd               the password file the template's config names
+#                         (tools/deploy --mqtt-user; the broker reads it)
 #   /store/               retained messages and persistent sessions (store_dir)
 #
 # Contracts:

@@ -24,7 +24,8 @@ def test_defaults():
     assert cfg["host"] == "127.0.0.1"
     assert cfg["sys_interval_s"] == 10
     assert cfg["log_level"] == "info"
-    assert cfg["allow_anonymous"] is True
+    assert cfg["allow_anonymous"] is None  # unset: loopback only (listeners.listener_plan)
+    assert cfg["listeners"] == [] and cfg["password_file"] == "" and cfg["acl_file"] == ""
     # MQTT 3.1.1 requires at least 23-character client ids [MQTT-3.1.3-5]
     assert cfg["max_client_id_length"] >= 23
 

@@ -1025,7 +1025,8 @@ def test_server_listen_failure_is_a_config_error_naming_the_key():
     from midge.config import ConfigError
 
     async def main():
-        srv = Server(load_config({"host": "192.0.2.1", "port": 1883, "sys_interval_s": 0}))
+        srv = Server(load_config({"host": "192.0.2.1", "port": 1883, "sys_interval_s": 0,
+                                       "allow_anonymous": True}))
         try:
             await srv.run()
         except ConfigError as e:

@@ -45,6 +45,40 @@ def test_snapshot_has_every_contract_topic():
         assert "$SYS/broker/counters/" + name in v, name
 
 
+def _plan(cfg):
+    from midge import listeners
+    return listeners, listeners.listener_plan(cfg)
+
+
+def test_feature_counters_only_when_configured():
+    # an unconfigured feature costs no $SYS topic (each is a retained message)
+    b = make_broker()
+    listeners, plan = _plan(b.cfg)
+    listeners.register_counters(b.cfg, plan, b)
+    v = _snap(b)
+    for name in listeners.ACCESS_COUNTERS + listeners.TLS_COUNTERS:
+        assert "$SYS/broker/counters/" + name not in v, name
+    # a listener refusing anonymous clients, a TLS listener: theirs join, at 0
+    b = make_broker(allow_anonymous=False, tls_cert_file="c", tls_key_file="k",
+                    listeners=[{"host": "127.0.0.1", "port": 8883, "tls": True, "allow_anonymous": None}])
+    listeners, plan = _plan(b.cfg)
+    listeners.register_counters(b.cfg, plan, b)
+    v = _snap(b)
+    for name in listeners.ACCESS_COUNTERS + listeners.TLS_COUNTERS:
+        assert v["$SYS/broker/counters/" + name] == "0", name
+    # a password file alone turns on the access counters, not the TLS ones
+    b = make_broker(password_file="p")
+    listeners, plan = _plan(b.cfg)
+    listeners.register_counters(b.cfg, plan, b)
+    v = _snap(b)
+    assert v["$SYS/broker/counters/auth_failures"] == "0"
+    assert "$SYS/broker/counters/tls_refused" not in v
+    # a counter start-up did not register appears on its first use
+    b = make_broker()
+    b.count("acl_denied")
+    assert _snap(b)["$SYS/broker/counters/acl_denied"] == "1"
+
+
 def test_payloads_are_decimal_integers_except_version():
     v = _snap(make_broker())
     assert v["$SYS/broker/version"] == "midge " + VERSION
@@ -81,22 +115,49 @@ def test_values_follow_broker_state():
     assert v["$SYS/broker/counters/malformed_packets"] == "0"
 
 
-def test_publish_all_retained_and_exempt():
+def test_sys_is_not_held_but_a_new_subscription_gets_it():
     b = make_broker(max_retained_messages=0, max_retained_bytes=0)
     sys_topics.publish_all(b)
     n = len(_snap(b))
-    assert b.retained.total == n        # all stored despite zero caps
-    assert b.retained.count == 0 and b.retained.bytes == 0
+    assert b.retained.total == 0 and b.retained.count == 0 and b.retained.bytes == 0
     assert b.counters["retained_refused"] == 0
-    # publishing again replaces, does not add
-    sys_topics.publish_all(b)
-    assert b.retained.total == n
+    # a new subscription gets every value of the moment, as retained messages
+    b.msgs_in = 1234
+    c = join(b, "mon")
+    sub(b, c, "$SYS/#", 1)
+    got = publishes(c.take())
+    assert len(got) == n
+    topics = [p["topic"] for p in got]
+    assert len(set(topics)) == n and all(t.startswith("$SYS/broker/") for t in topics)
+    for p in got:
+        assert p["retain"] and p["qos"] == 0
+    assert [p["payload"] for p in got if p["topic"] == "$SYS/broker/messages/received"] == [b"1234"]
+    # a narrower filter: only its topics; '#' and '+/...' match none [MQTT-4.7.2-1]
+    sub(b, c, "$SYS/broker/counters/+", 0, pid=2)
+    got = publishes(c.take())
+    assert got and all(p["topic"].startswith("$SYS/broker/counters/") for p in got)
+    for filt in ("#", "+/broker/uptime"):
+        sub(b, c, filt, 0, pid=3)
+        assert publishes(c.take()) == []
+    sub(b, c, "$SYS/broker/uptime", 0, pid=4)
+    assert [p["topic"] for p in publishes(c.take())] == ["$SYS/broker/uptime"]
+    sub(b, c, "$SYS/broker/+/connected", 0, pid=5)
+    assert [p["topic"] for p in publishes(c.take())] == ["$SYS/broker/clients/connected"]
+    for filt in ("$SYS/broker", "$SYS/broker/uptime/x", "$SYS/+"):
+        sub(b, c, filt, 0, pid=6)
+        assert publishes(c.take()) == [], filt
+    # $SYS off (sys_interval_s 0): nothing
+    off = make_broker(sys_interval_s=0)
+    d = join(off, "d")
+    sub(off, d, "$SYS/#", 0)
+    assert publishes(d.take()) == []
 
 
 def test_publish_all_reaches_subscribers_once():
     b = make_broker()
     c = join(b, "mon")
     sub(b, c, "$SYS/broker/counters/+", 1)
+    assert len(publishes(c.take())) == len(COUNTERS)  # the values of now, at SUBSCRIBE
     sys_topics.publish_all(b)
     got = publishes(c.take())
     names = [p["topic"] for p in got]

@@ -21,6 +21,11 @@
 #                        (the broker moves it on connect, refusal, detach)
 #   conn.keepalive_ms    0 = no keepalive; set by the broker on CONNECT
 #   conn.last_rx_ms      ticks_ms of the last bytes received
+#   conn.listener        the server.Listener it came in on (its anonymous
+#                        setting), or absent/None: allow_anonymous applies
+#   conn.peer            "host:port" of the client (failed-login bookkeeping)
+#   conn.reply_later     set by the broker: a refusing CONNACK the connection
+#                        sends reply_delay_ms later, then closes (failed logins)
 #
 # Time comes from the injected clock (ticks_ms by default) so tests can
 # drive keepalive and $SYS deterministically, wrap-around included.
@@ -31,6 +36,9 @@
 # documented steps. A MemoryError raised while delivering to one session is
 # that session's: the message is dropped for it (and its connection, if
 # any, closed), never the publisher's connection.
+from os import urandom
+from binascii import hexlify
+
 from . import log
 from .compat import ticks_ms, ticks_diff
 from .delivery import Delivery
@@ -38,7 +46,7 @@ from .message import Message, expiry_at
 from .protocol import (
     SUBACK_FAILURE, ProtocolError, RC_TOPIC_NAME_INVALID, RC_PROTOCOL_ERROR, RC_CLIENT_ID_NOT_VALID,
     RC_SERVER_UNAVAILABLE, RC_NOT_AUTHORIZED, RC_QUOTA_EXCEEDED, RC_SESSION_TAKEN_OVER,
-    RC_KEEPALIVE_TIMEOUT, RC_BAD_AUTH_METHOD, LEVEL_31,
+    RC_KEEPALIVE_TIMEOUT, RC_BAD_AUTH_METHOD, RC_BAD_CREDENTIALS, LEVEL_31,
     ACTIVE, REFUSED, DETACHED,
 )
 from .heap import HeapGuard, CRITICAL
@@ -52,7 +60,10 @@ VERSION = "0.1.0"
 
 _SHARE = "$share/"  # shared.PREFIX: shared.py is imported only once one is used
 
-# $SYS counters, all published under $SYS/broker/counters/<name>.
+# $SYS counters, all published under $SYS/broker/counters/<name>. Those of
+# a feature that is configured (listeners.FEATURE_COUNTERS: users, ACLs,
+# TLS) join them at start-up; an unconfigured feature costs no $SYS topic
+# (each is a retained message in the heap).
 COUNTERS = (
     "clients_refused", "connect_timeouts", "keepalive_timeouts", "malformed_packets",
     "oversize_packets", "sessions_evicted", "sessions_refused", "queue_dropped",
@@ -62,6 +73,8 @@ COUNTERS = (
     "memory_errors", "heap_low", "heap_refused", "heap_dropped",
     "oversize_dropped", "messages_expired",
 )
+
+_WCACHE_MAX = 8  # topics whose write decision a session remembers (admit)
 
 
 class Broker:
@@ -96,8 +109,17 @@ class Broker:
         self.msgs_out = 0           # PUBLISH packets sent
         self.bytes_in = 0           # maintained by the connection layer
         self.bytes_out = 0
-        self._assigned = 0          # counter for broker-assigned client ids
+        # Access (README, "Users, ACLs and TLS"), set by the server from
+        # password_file and acl_file: auth.Authenticator and
+        # auth.FailureLimiter, acl.Acl; None: not configured.
+        self.auth = None
+        self.limiter = None
+        self.acl = None
+        # username (None: anonymous) -> session.Account, only while a
+        # per-user queue quota is set (else sessions have no account)
+        self.accounts = {} if cfg["max_queued_per_user"] or cfg["max_queued_bytes_per_user"] else None
         self._next_sys_ms = 0      # uptime_ms of the next $SYS publication
+        self.sys_count = 0         # $SYS topics in the last snapshot (sys_topics.py)
         # caps read once: the hot path does attribute lookups, not dict lookups
         self.max_topic_length = cfg["max_topic_length"]
         self.max_topic_levels = cfg["max_topic_levels"]
@@ -118,7 +140,10 @@ class Broker:
         self.flush_scheduled = False
 
     def count(self, name):
-        self.counters[name] += 1
+        """One more of counter `name` (a feature's counter that start-up did
+        not register appears on its first use)."""
+        c = self.counters
+        c[name] = c.get(name, 0) + 1
 
     def memory_error(self, what):
         """A MemoryError was caught (and its connection, if any, closed by
@@ -151,6 +176,8 @@ class Broker:
             self._publish_will(will)
         for s in self.sessions.values():
             s.last_seen_ms = self.uptime_ms
+        if self.acl is not None or self.accounts is not None:
+            _access().restored(self)
         self.commit()
 
     def close(self):
@@ -204,8 +231,15 @@ class Broker:
         p = c.props  # MQTT 5 properties, None for 3.1 / 3.1.1
         if p is not None and p.auth_method is not None:
             return self._refuse(conn, RC_BAD_AUTH_METHOD)  # no enhanced authentication [MQTT-4.12.0-1]
-        if not self.cfg["allow_anonymous"]:
-            return self._refuse(conn, RC_NOT_AUTHORIZED)
+        user = c.username
+        if user is None or self.auth is None:
+            if not self._anonymous_ok(conn):
+                # without a password file a user name proves nothing: it
+                # gets in where anonymous clients do (as mosquitto)
+                self.count("anonymous_refused")
+                return self._refuse(conn, RC_NOT_AUTHORIZED)
+        elif not _access().login(self, conn, user, c.password):
+            return self._refuse(conn, RC_BAD_CREDENTIALS, self.cfg["auth_fail_delay_ms"])
         keepalive = c.keepalive_s
         cap = self.cfg["max_keepalive_s"]
         if cap and (keepalive == 0 or keepalive > cap):
@@ -230,11 +264,17 @@ class Broker:
         if cid == "":
             if p is None and (not c.clean or c.level == LEVEL_31):
                 return self._refuse(conn, RC_CLIENT_ID_NOT_VALID)  # [MQTT-3.1.3-8]; 3.1: 1..23 characters
-            cid = self._assign_id()  # [MQTT-3.1.3-6]
+            cid = self._assign_id()  # [MQTT-3.1.3-6], unpredictable
             if p is not None:
                 conn.wire.assigned_id = cid  # [MQTT-3.2.2-16]
         elif len(cid) > self.cfg["max_client_id_length"] or (c.level == LEVEL_31 and len(cid) > 23):
             return self._refuse(conn, RC_CLIENT_ID_NOT_VALID)  # MQTT 3.1: 1 to 23 characters
+        acl = None
+        if self.acl is not None or self.auth is not None:
+            # the will topic and the client id's owner (access.py)
+            acl = _access().connect_acl(self, c, cid, user)
+            if acl is False:
+                return self._refuse(conn, RC_NOT_AUTHORIZED)
         will = None
         if c.will_topic is not None:
             self.check_name(c.will_topic)  # same rules as a PUBLISH topic
@@ -266,12 +306,20 @@ class Broker:
                 self.count("heap_refused")
                 log.info("client %s refused: free heap under heap_reserve_bytes", cid)
                 return self._refuse(conn, RC_SERVER_UNAVAILABLE)
-            if len(self.sessions) >= self.cfg["max_sessions"] and not self._evict_one(c.clean):
+            quota = self.cfg["max_sessions_per_user"]
+            if quota and _access().user_sessions(self, user) >= quota and not self._evict_one(c.clean, user, True):
+                self.count("user_quota_refused")
+                log.info("client %s refused: max_sessions_per_user reached", cid)
+                return self._refuse(conn, RC_QUOTA_EXCEEDED)
+            if len(self.sessions) >= self.cfg["max_sessions"] and not self._evict_one(
+                    c.clean, user, self.auth is not None):
                 self.count("sessions_refused")
                 return self._refuse(conn, RC_QUOTA_EXCEEDED)
             s = Session(cid, ends, now)
             self._serial += 1
             s.serial = self._serial
+            if user is not None:
+                s.user = user  # (before the store's SESSION record, which carries it)
             self.sessions[cid] = s
             st = self.store
             if st is not None and not ends:
@@ -302,6 +350,8 @@ class Broker:
             st = s.store
             if st is not None:
                 st.will(s, will)  # published after a restart if still set
+        if acl is not None or s.acl is not None or self.accounts is not None:
+            _access().attach(self, s, acl, present)
         s.conn = conn
         s.last_seen_ms = now
         conn.session = s
@@ -318,11 +368,31 @@ class Broker:
             self.flow.resend(s)
         return True
 
-    def _refuse(self, conn, reason):
-        """A refusing CONNACK (session present 0 [MQTT-3.2.2-4]); False."""
-        conn.send(conn.wire.connack(False, reason, self))
+    def _refuse(self, conn, reason, delay_ms=0):
+        """A refusing CONNACK (session present 0 [MQTT-3.2.2-4]); False.
+        delay_ms: the connection sends it that much later (a failed login:
+        each guess costs the guesser time)."""
+        ack = conn.wire.connack(False, reason, self)
+        if delay_ms:
+            conn.reply_later = ack
+            conn.reply_delay_ms = delay_ms
+        else:
+            conn.send(ack)
         conn.state = REFUSED
         return False
+
+    # --- access: who may connect, and what they may touch ------------------------
+
+    def _anonymous_ok(self, conn):
+        """Anonymous access on the connection's listener (server.Listener,
+        resolved by listeners.listener_plan); without one (tests), as
+        allow_anonymous says, and when it is unset, unless a password file
+        is set."""
+        lst = getattr(conn, "listener", None)
+        if lst is not None:
+            return lst.anonymous
+        anon = self.cfg["allow_anonymous"]
+        return not self.cfg["password_file"] if anon is None else anon
 
     def kick(self, conn, reason):
         """Close a connection on the broker's initiative (takeover,
@@ -354,11 +424,28 @@ class Broker:
     def admit(self, s, topic_bytes):
         """A PUBLISH from session s to this topic arrived (either path:
         Delivery.receive, and the QoS 0 fast path in connection.py): count
-        it and say whether s may publish there. The ONE authorisation point
-        for publishing; every client may publish everywhere until ACLs
-        (issue 11) plug in here."""
+        it and say whether s may publish there (acl_denied when not). The
+        ONE authorisation point for publishing. Without an ACL file every
+        client may publish everywhere; with one, the session's decisions
+        for its last few topics are remembered (s.wcache, at most
+        _WCACHE_MAX), so a sensor publishing to its topics pays one dict
+        lookup per message, not a rule walk."""
         self.msgs_in += 1
-        return True
+        acl = s.acl
+        if acl is None:
+            return True
+        cache = s.wcache
+        ok = cache.get(topic_bytes) if cache is not None else None
+        if ok is None:
+            ok = acl.can_write(topic_bytes.decode())
+            if cache is None:
+                cache = s.wcache = {}
+            elif len(cache) >= _WCACHE_MAX:
+                cache.clear()
+            cache[topic_bytes] = ok
+        if not ok:
+            self.count("acl_denied")
+        return ok
 
     def detach(self, conn, graceful):
         """The connection is gone (or going). Idempotent. Publishes the
@@ -416,9 +503,9 @@ class Broker:
             self._publish_will(will)
 
     def _assign_id(self):
+        """A client id no one can guess (os.urandom: 64 random bits)."""
         while True:
-            self._assigned += 1
-            cid = "midge-%d-%d" % (self._last_ticks & 0xFFFF, self._assigned)
+            cid = "midge-" + hexlify(urandom(8)).decode()
             if cid not in self.sessions:
                 return cid
 
@@ -430,6 +517,8 @@ class Broker:
         if st is not None and st.opened:
             st.session_del(s)
         self.flow.forget(s)
+        if s.account is not None:
+            _access().close_account(self, s)
         left = None
         for filt in s.subs:
             if filt.startswith(_SHARE):
@@ -448,7 +537,7 @@ class Broker:
         if self.sessions.get(s.client_id) is s:
             del self.sessions[s.client_id]
 
-    def _evict_one(self, for_clean):
+    def _evict_one(self, for_clean, user=None, same_user=False):
         """max_sessions is reached and a CONNECT needs a new session: make
         room, fairly. Online sessions are never evicted. First choice: the
         least recently seen offline session that holds nothing (no queued,
@@ -459,11 +548,13 @@ class Broker:
         clients churn each other, not a long-standing session's
         acknowledged messages. A clean-session newcomer never evicts a
         session that holds messages (it is refused: sessions_refused).
-        True if a session was dropped."""
+        same_user: only sessions of `user` are candidates (users are
+        authenticated: one user's clients never evict another user's
+        sessions). True if a session was dropped."""
         idle = None
         held = None
         for s in self.sessions.values():
-            if s.conn is not None:
+            if s.conn is not None or (same_user and s.user != user):
                 continue
             if not s.holds_messages():
                 if idle is None or s.last_seen_ms < idle.last_seen_ms:
@@ -498,7 +589,8 @@ class Broker:
         client PUBLISH and passed check_name: its route is taken from, or
         left in, the route cache (Subscriptions.route), which the QoS 0
         fast path (connection.forward_qos0) uses too. origin: the
-        publishing session (for No Local), or None.
+        publishing session (for No Local), or None. exempt: the broker's
+        own $SYS message, routed with its retain flag and stored nowhere.
 
         A route maps a session to its grant (subscriptions.py): a plain
         QoS (0..2) for the common case, else MQTT 5 options and
@@ -506,13 +598,12 @@ class Broker:
         route = self.routes.get(msg.topic_bytes) if cache_route else None
         if route is None or msg.retain:
             levels = topics.split(msg.topic)
-        if msg.retain:
-            if (self.heap.level >= CRITICAL and not exempt and msg.payload
-                    and self.retained.get(levels) is None):
+        if msg.retain and not exempt:  # ($SYS is not held: sys_topics.match)
+            if self.heap.level >= CRITICAL and msg.payload and self.retained.get(levels) is None:
                 self.count("heap_refused")  # a new retained topic, heap short
-            elif not self.retained.set(levels, msg, exempt):
+            elif not self.retained.set(levels, msg):
                 self.count("retained_refused")
-            elif not exempt and self.store is not None:
+            elif self.store is not None:
                 self.store.retain(msg)
         hit = None
         plain = True  # every grant a plain QoS (a cached route always is)
@@ -633,6 +724,10 @@ class Broker:
         if filt is None or len(filt) > self.max_topic_length or filt.count("/") >= self.max_topic_levels:
             self.count("topic_limit")
             return SUBACK_FAILURE
+        acl = s.acl
+        if acl is not None and filt not in s.subs and not _access().may_subscribe(self, s, filt):
+            # (a filter the session has was allowed when made, and at connect)
+            return RC_NOT_AUTHORIZED  # 0x80 in 3.1.1
         if filt.startswith(_SHARE):
             from . import shared  # loaded by the first shared subscription
             return shared.subscribe(self, s, filt, opts, grant)
@@ -655,8 +750,12 @@ class Broker:
             return qos  # retain handling: no retained messages (MQTT 5 section 3.8.3.1)
         found = []
         self.retained.match(levels, found)
+        if levels[0] == "$SYS" and self.cfg["sys_interval_s"]:
+            sys_topics.match(self, levels, found)  # (only such a filter matches $SYS [MQTT-4.7.2-1])
         add = self.flow.backlog_add
         for msg in found:
+            if acl is not None and not acl.can_read(msg.topic):
+                continue  # (a granted filter is within the read rules: this is the second lock)
             add(s, msg, qos if qos < msg.qos else msg.qos, sub_id)
         return qos
 
@@ -746,6 +845,13 @@ def _gather(found, item):
         found = []
     found.append(item)
     return found
+
+
+def _access():
+    """access.py: the broker's side of users, ACLs and per-user quotas,
+    loaded only when one is configured (its code is heap on a board)."""
+    from . import access
+    return access
 
 
 def _newer(a, b):

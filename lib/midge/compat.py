@@ -143,6 +143,22 @@ def unload(name):
                 pass
 
 
+def read_capped(path, limit):
+    """The bytes of the file at path, or None if it holds more than limit
+    bytes; read in 512-byte chunks, so never more than the limit plus a
+    chunk is held (config, password and ACL files). Raises OSError."""
+    parts = []
+    size = 0
+    with open(path, "rb") as f:
+        while size <= limit:
+            chunk = f.read(512)
+            if not chunk:
+                return b"".join(parts)
+            parts.append(chunk)
+            size += len(chunk)
+    return None
+
+
 def print_exception(exc):
     """Print a traceback on either interpreter."""
     if MICROPYTHON:
@@ -182,28 +198,48 @@ if MICROPYTHON:
         return k if k else 0  # None: it would block
 
     def writable(writer):
-        """Awaitable: the socket has room again (a fake: its drain())."""
+        """Awaitable: the socket has room again (a fake: its drain()). A TLS
+        stream waits on the socket under its TLS layer (tls.TLSSocket.raw):
+        an fd, which the unix port's poll() waits on without waking."""
         sock = getattr(writer, "s", None)
-        return writer.drain() if sock is None else _writable_sock(sock)
+        return writer.drain() if sock is None else _writable_sock(getattr(sock, "raw", sock))
 
-    async def accept_forever(sock, on_accept):
+    async def accept_forever(sock, on_accept, tls=None, handshake_timeout_ms=0):
         """Accept connections on a listening socket until cancelled, calling
         on_accept(reader, writer) for each (it must not block). Our own
         loop, not start_server's: there a failure in the callback (a
         MemoryError making the Stream or the task) ends the accept task for
         good, and the listener with it. Here a failure costs that one
-        socket, which is closed; on_accept is told nothing."""
+        socket, which is closed; on_accept is told nothing.
+
+        tls: a tls.context() (lib/midge/tls.py): each socket is wrapped at
+        once, without a handshake (tls.wrap), and on_accept gets it
+        before the handshake: the handshake runs inside the connection's
+        first reads. So a client that never completes it is an open
+        connection that has read nothing, which the caller closes on its
+        own clock (midge: Server.tick, tls_handshake_timeout_ms), and
+        handshake_timeout_ms is not used here (CPython's start_server
+        handshakes before the callback and needs it). Any failure here
+        closes the raw socket (and frees the mbedTLS context if one was
+        made); after on_accept, close_stream(writer) closes both, in
+        every state of the handshake."""
         while True:
             await _readable(sock)
             try:
                 s2, addr = sock.accept()
             except OSError:
                 continue  # e.g. the peer reset before accept
+            stream = None
             try:
                 s2.setblocking(False)
-                stream = _asyncio.StreamWriter(s2, {"peername": addr})
+                if tls is None:
+                    stream = _asyncio.StreamWriter(s2, {"peername": addr})
+                else:
+                    stream = tls.wrap(s2, addr)
                 on_accept(stream, stream)
             except Exception:
+                if stream is not None and tls is not None:
+                    close_stream(stream)  # its mbedTLS context now, not at a GC
                 s2.close()
 
     def stream_reader(reader):
@@ -247,11 +283,20 @@ else:
         """Awaitable: what the stream held has gone out."""
         return writer.drain()
 
-    async def accept_forever(sock, on_accept):
+    async def accept_forever(sock, on_accept, tls=None, handshake_timeout_ms=0):
         """As the MicroPython version: on_accept(reader, writer) per
         connection until cancelled. CPython's own accept loop survives a
-        failing callback, so start_server on our socket does the work."""
-        srv = await _asyncio.start_server(on_accept, sock=sock)
+        failing callback, so start_server on our socket does the work.
+        With tls (a tls.context(): an SSLContext), asyncio does the handshake before
+        on_accept is called, and closes a socket whose handshake fails or
+        takes longer than handshake_timeout_ms (0: asyncio's 60 s); the
+        caller never sees those."""
+        if tls is None:
+            srv = await _asyncio.start_server(on_accept, sock=sock)
+        else:
+            srv = await _asyncio.start_server(
+                on_accept, sock=sock, ssl=tls,
+                ssl_handshake_timeout=handshake_timeout_ms / 1000 if handshake_timeout_ms > 0 else None)
         try:
             await _asyncio.Event().wait()
         finally:

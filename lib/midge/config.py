@@ -10,14 +10,13 @@
 # Sizes carry their unit in the name (_bytes, _ms, _s). Every cap that a
 # client can push against is listed here together with what happens when it
 # is hit; the broker counts each hit under $SYS/broker/counters/<counter>.
-from .compat import const, unload
+from .compat import const, unload, read_capped
 from .errors import ConfigError  # noqa: F401  (raised here; importers take it from here too)
 
 # A config file is about 1-2 KB; read_json refuses one past this size, and
-# reads in _READ_BYTES chunks, so it never holds more than twice the bytes
-# of the file at once, whatever the file is (a device, a pipe).
+# reads it in chunks (compat.read_capped), so it never holds more than twice
+# the bytes of the file at once, whatever the file is (a device, a pipe).
 _MAX_FILE_BYTES = const(16384)
-_READ_BYTES = const(512)
 
 
 # key: (default, minimum, maximum). A string default takes a string; for
@@ -164,11 +163,52 @@ SPEC = {
     # Seconds between $SYS publications; 0 turns $SYS off.
     "sys_interval_s": (10, 0, 86400),
     "log_level": ("info", ("debug", "info", "warning", "error", "off"), None),
-    # --- access ------------------------------------------------------------------
-    # MQTT 3.1.1 anonymous access; false refuses every CONNECT with rc 5
-    # until authentication is configured.
-    "allow_anonymous": (True, None, None),
+    # --- access (README, "Users, ACLs and TLS") --------------------------------------
+    # Anonymous access (a CONNECT without a user name) on the main listener
+    # (host, port); each entry of "listeners" has its own. Unset (null): allowed
+    # on a loopback address when no password_file is set, refused otherwise;
+    # a listener on any other address with neither a password file nor an
+    # explicit allow_anonymous refuses to start (as mosquitto 2.0).
+    "allow_anonymous": (None, None, None),
+    # Users: lines "name:$pbkdf2-sha256$iterations$salt$hash" (tools/passwd).
+    # "": no password file: a user name is taken as given, unchecked.
+    "password_file": ("", None, None),
+    # Access control (mosquitto's acl_file format); "": every client may
+    # publish and subscribe everywhere. Once set, what it does not grant is
+    # denied (counter: acl_denied).
+    "acl_file": ("", None, None),
+    # A failed login's refusing CONNACK is sent after this delay; a peer
+    # address with auth_max_failures failed logins within auth_fail_window_s
+    # is refused without a check until the window ends (counters:
+    # auth_failures, auth_rate_limited).
+    "auth_fail_delay_ms": (1000, 0, 60000),
+    "auth_max_failures": (5, 1, 1000),
+    "auth_fail_window_s": (60, 1, 86400),
+    # Per-user quotas (0: none), so that one user's clients cannot take what
+    # other users' sessions need: sessions one user may hold (a new one past
+    # it evicts that user's own offline session, else CONNACK 0x97 / 3:
+    # counter user_quota_refused), and messages and bytes waiting in that
+    # user's queues (past it, the oldest message of that user's largest
+    # queue makes room: queue_dropped). Anonymous clients count as one user.
+    "max_sessions_per_user": (0, 0, 100000),
+    "max_queued_per_user": (0, 0, 10000000),
+    "max_queued_bytes_per_user": (0, 0, 1 << 30),
+    # More listeners besides host/port: a list of objects {"host", "port",
+    # "tls", "allow_anonymous"} (_check_listeners).
+    "listeners": ([], None, None),
+    # TLS listeners: the server certificate chain and its key (PEM files,
+    # tools/mkcert), TLS connections at once (each costs mbedTLS buffers:
+    # about 20 KB on an ESP32; one more is closed at once: tls_refused),
+    # and the longest a TLS handshake may take (tls_handshake_timeouts).
+    "tls_cert_file": ("", None, None),
+    "tls_key_file": ("", None, None),
+    "max_tls_clients": (2, 0, 10000),
+    "tls_handshake_timeout_ms": (5000, 100, 600000),
 }
+
+# the keys of one entry of "listeners"
+LISTENER_KEYS = ("host", "port", "tls", "allow_anonymous")
+_MAX_LISTENERS = const(8)
 
 DEFAULTS = {}
 for _k in SPEC:
@@ -177,7 +217,11 @@ for _k in SPEC:
 
 def _check(key, value):
     default, low, high = SPEC[key]
-    if isinstance(default, bool):
+    if key == "listeners":
+        return _check_listeners(value)
+    if default is None or isinstance(default, bool):  # None: unset, or true/false
+        if default is None and value is None:
+            return None
         if not isinstance(value, bool):
             raise ConfigError("config key '%s': %r is not true or false" % (key, value))
         return value
@@ -198,6 +242,42 @@ def _check(key, value):
         raise ConfigError(
             "config key '%s': %d bytes is too long (allowed 0..%d bytes)" % (key, len(value.encode()), high))
     return value
+
+
+def _check_listeners(value):
+    """The "listeners" list, each entry checked by name (listeners[i].key):
+    host a string, port 0..65535, tls and allow_anonymous true or false."""
+    if not isinstance(value, list):
+        raise ConfigError("config key 'listeners': %r is not a list of listener objects" % (value,))
+    if len(value) > _MAX_LISTENERS:
+        raise ConfigError("config key 'listeners': %d entries (allowed 0..%d)" % (len(value), _MAX_LISTENERS))
+    out = []
+    for i in range(len(value)):
+        entry = value[i]
+        name = "listeners[%d]" % i
+        if not isinstance(entry, dict):
+            raise ConfigError("config key '%s': %r is not an object {\"host\", \"port\", \"tls\", "
+                              "\"allow_anonymous\"}" % (name, entry))
+        for k in entry:
+            if k not in LISTENER_KEYS:
+                raise ConfigError("config key '%s': unknown key '%s' (allowed: %s)"
+                                  % (name, k, ", ".join(LISTENER_KEYS)))
+        if "port" not in entry:
+            raise ConfigError("config key '%s.port' is missing (allowed 0..65535)" % name)
+        port = entry["port"]
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ConfigError("config key '%s.port': %r is out of range (allowed 0..65535)" % (name, port))
+        host = entry.get("host", "127.0.0.1")
+        if not isinstance(host, str) or not host:
+            raise ConfigError("config key '%s.host': %r is not an address" % (name, host))
+        tls = entry.get("tls", False)
+        if tls is not True and tls is not False:
+            raise ConfigError("config key '%s.tls': %r is not true or false" % (name, tls))
+        anon = entry.get("allow_anonymous")
+        if anon is not None and anon is not True and anon is not False:
+            raise ConfigError("config key '%s.allow_anonymous': %r is not true or false" % (name, anon))
+        out.append({"host": host, "port": port, "tls": tls, "allow_anonymous": anon})
+    return out
 
 
 def load_config(*overrides):
@@ -222,7 +302,7 @@ def read_json(path):
     afterwards (it is heap on a board running .mpy files)."""
     from . import jsonparse
     try:
-        text = _read_capped(path)
+        text = read_capped(path, _MAX_FILE_BYTES)
         if text is not None:
             data = jsonparse.loads(text)
     except OSError as e:
@@ -241,16 +321,3 @@ def read_json(path):
         raise ConfigError("config file %s must hold one JSON object" % path)
     return data
 
-
-def _read_capped(path):
-    """The bytes of the file, or None if it holds more than _MAX_FILE_BYTES."""
-    parts = []
-    size = 0
-    with open(path, "rb") as f:
-        while size <= _MAX_FILE_BYTES:
-            chunk = f.read(_READ_BYTES)
-            if not chunk:
-                return b"".join(parts)
-            parts.append(chunk)
-            size += len(chunk)
-    return None

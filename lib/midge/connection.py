@@ -131,12 +131,17 @@ class Connection:
     _task = None            # the task running run()
     _eof = False            # the client closed its side (set at the end of run())
     registry = None         # list this connection is in while it runs
+    listener = None         # the server.Listener it was accepted on (None: a test's)
+    reply_later = None      # a refusing CONNACK held back (Broker._refuse: a failed login)...
+    reply_delay_ms = 0      # ... sent this much later, before the close
 
-    def __init__(self, broker, reader, writer, registry=None):
+    def __init__(self, broker, reader, writer, registry=None, listener=None):
         self.broker = broker
         self.reader = stream_reader(reader)
         self.writer = writer
         self.opened_ms = self.last_rx_ms = ticks_ms()
+        if listener is not None:
+            self.listener = listener
         if registry is not None:
             self.registry = registry
             registry.append(self)
@@ -218,11 +223,15 @@ class Connection:
     def _memory_error(self, doing):
         """A MemoryError in this connection's own work: close it, free what
         it holds, let the broker re-measure the heap (and rewrite the store
-        from memory if a record may be missing)."""
+        from memory if a record may be missing). Counted once per
+        connection: a second MemoryError while its output is already
+        dropped (the rest of the same chunk) is the same incident."""
+        again = self._abandon
         self._drop_output()
         self._rest = b""
         self.close()
-        self.broker.memory_error("%s closed: out of memory while %s" % (self._name(), doing))
+        if not again:
+            self.broker.memory_error("%s closed: out of memory while %s" % (self._name(), doing))
 
     def flush(self):
         """Commit, then hand what is queued to the stream, unless a drain is
@@ -613,6 +622,8 @@ class Connection:
         (cancellation included): a leaked socket is a slot lost for good on
         a board."""
         try:
+            if self.reply_later is not None:
+                await self._reply_late()
             await self._flush_last()
             if (not self._eof and not self._abandon and self.state != AWAIT_CONNECT
                     and not self.broker.heap.level):
@@ -635,6 +646,16 @@ class Connection:
                 self._rest = b""
             except Exception:
                 pass
+
+    async def _reply_late(self):
+        """A failed login: its refusing CONNACK goes out reply_delay_ms
+        after the CONNECT (the client's socket slot is held meanwhile;
+        max_clients and the per-peer failure limit bound that)."""
+        await sleep_ms(self.reply_delay_ms)
+        ack = self.reply_later
+        self.reply_later = None
+        if not self._abandon:
+            self.send(ack)
 
     async def _linger(self):
         """The broker ends this connection after its CONNECT (a protocol

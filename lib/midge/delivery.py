@@ -59,6 +59,9 @@ class Delivery:
         self.max_queued_total = cfg["max_queued_total"]
         self.max_queued_bytes_total = cfg["max_queued_bytes_total"]
         self.max_outbound = cfg["max_outbound_bytes"]
+        # per-user quotas (0 in the config: none, a cap no queue reaches)
+        self.max_queued_user = cfg["max_queued_per_user"] or 1 << 62
+        self.max_queued_bytes_user = cfg["max_queued_bytes_per_user"] or 1 << 62
         self.queued_total = 0        # messages queued over all sessions
         self.queued_bytes_total = 0  # their size() over all sessions
         # Connected sessions whose queue is over half a cap -> Broker.uptime_ms
@@ -342,8 +345,8 @@ class Delivery:
     def backlog_cap(self):
         """Topics one session's retained backlog may hold: every retained
         topic the caps allow, plus the broker's own $SYS set."""
-        r = self.broker.retained
-        return r.max_messages + (r.total - r.count)
+        b = self.broker
+        return b.retained.max_messages + b.sys_count
 
     def backlog_add(self, s, msg, qos, sub_id=0):
         """Queue a retained message for a new subscription, at most once
@@ -388,6 +391,19 @@ class Delivery:
             return
         while s.queue and (len(s.queue) >= self.max_queued or s.queued_bytes + size > self.max_queued_bytes):
             self._drop_oldest(s)
+        a = s.account
+        if a is not None:
+            # the user's quota: the largest queue among that user's
+            # sessions makes room (never another user's)
+            if size > self.max_queued_bytes_user:
+                self.count("queue_dropped")
+                return
+            while a.queued >= self.max_queued_user or a.queued_bytes + size > self.max_queued_bytes_user:
+                victim = self._largest_queue(s, a.queued >= self.max_queued_user, a)
+                if victim is None:
+                    self.count("queue_dropped")
+                    return
+                self._drop_oldest(victim)
         while (self.queued_total >= self.max_queued_total
                or self.queued_bytes_total + size > self.max_queued_bytes_total):
             victim = self._largest_queue(s, self.queued_total >= self.max_queued_total)
@@ -411,6 +427,10 @@ class Delivery:
         s.queued_bytes += size
         self.queued_total += 1
         self.queued_bytes_total += size
+        a = s.account
+        if a is not None:
+            a.queued += 1
+            a.queued_bytes += size
 
     def _drop_oldest(self, s):
         self.dequeue(s)
@@ -426,6 +446,10 @@ class Delivery:
         s.queued_bytes -= size
         self.queued_total -= 1
         self.queued_bytes_total -= size
+        a = s.account
+        if a is not None:
+            a.queued -= 1
+            a.queued_bytes -= size
         return entry
 
     def forget(self, s):
@@ -434,15 +458,22 @@ class Delivery:
         self.pressured.pop(s, None)
         self.queued_total -= len(s.queue)
         self.queued_bytes_total -= s.queued_bytes
+        a = s.account
+        if a is not None:
+            a.queued -= len(s.queue)
+            a.queued_bytes -= s.queued_bytes
 
-    def _largest_queue(self, own, by_count):
+    def _largest_queue(self, own, by_count, account=None):
         """The session holding the most queued messages (by_count) or
         bytes, `own` (the receiving session, or None) when it ties for the
-        most, or None if nothing is queued. A scan of the sessions, done
-        only when an all-session cap is hit or the heap is critical."""
+        most, or None if nothing is queued; with `account`, only among that
+        user's sessions. A scan of the sessions, done only when an
+        all-session or per-user cap is hit or the heap is critical."""
         best = own
         most = 0 if own is None else len(own.queue) if by_count else own.queued_bytes
         for s in self.broker.sessions.values():
+            if account is not None and s.account is not account:
+                continue
             n = len(s.queue) if by_count else s.queued_bytes
             if n > most:
                 best = s

@@ -12,17 +12,38 @@
 # broker whose state fills its heap.
 # A socket that is admitted and sends no complete CONNECT within
 # connect_timeout_ms is closed by the tick (connect_timeouts).
+#
+# Listeners (README, "Users, ACLs and TLS"): the main one on host/port, and
+# each entry of `listeners`, plain or TLS, each with its own anonymous
+# setting, all sharing max_clients. A TLS socket past max_tls_clients is
+# closed at once (tls_refused); one that has delivered no byte of MQTT
+# within tls_handshake_timeout_ms is closed by the tick
+# (tls_handshake_timeouts). The password file and the ACL file are loaded
+# before anything listens; a listener that would let anyone on the network
+# in without the operator saying so refuses to start (listener_plan).
 import asyncio
 
 from . import log
 from .broker import Broker, VERSION
 from .compat import (const, ticks_ms, ticks_diff, set_nodelay, mem_free, sleep_ms, print_exception,
-                     on_sigterm, MICROPYTHON, close_stream, listen_socket, accept_forever)
-from .errors import ConfigError
+                     on_sigterm, MICROPYTHON, close_stream, accept_forever, unload)
 from .protocol import AWAIT_CONNECT
 from .connection import Connection, flush_dirty
 
 _TICK_MS = const(250)
+
+
+class Listener:
+    """One listening address: where, plain or TLS, and whether clients
+    without a user name get in (resolved: True or False)."""
+
+    def __init__(self, name, host, port, tls, anonymous):
+        self.name = name          # the config key that made it ("host/port", "listeners[0]")
+        self.host = host
+        self.port = port          # the bound port once listening (config port 0: a free one)
+        self.tls = tls
+        self.anonymous = anonymous
+        self.sock = None
 
 
 class Server:
@@ -39,37 +60,44 @@ class Server:
         self.broker = broker
         self.conns = []  # open Connections; len() <= max_clients (+1 while a victim closes)
         self.stopping = False
-        self.port = cfg["port"]  # the bound port once listening (cfg port 0: a free one)
+        self.port = cfg["port"]  # the main listener's bound port once listening (cfg port 0: a free one)
+        self.listeners = []      # Listener, the main one first, once run() has planned them
+        self._tls = None         # the TLS server context, when a listener is TLS
 
     def stop(self):
         """Stop at the next tick; run() then closes the listener and the store."""
         self.stopping = True
 
-    def _listen(self):
-        """The listening socket. A host or port that cannot be listened on
-        is a configuration error (start-up exits 2 naming the key)."""
-        cfg = self.cfg
+    def _prepare(self):
+        """Everything start-up checks before a client can connect, then the
+        listening sockets (listeners.start: its code is dropped again, it
+        is heap on a board). ConfigError names the key."""
+        from . import listeners
         try:
-            sock = listen_socket(cfg["host"], cfg["port"], cfg["listen_backlog"] or cfg["max_clients"])
-        except OSError as e:
-            raise ConfigError("config key 'host'/'port': cannot listen on %s:%d: %s"
-                              % (cfg["host"], cfg["port"], _errtext(e)))
-        try:
-            self.port = sock.getsockname()[1] if not MICROPYTHON else self.port
-        except Exception:
-            pass
-        return sock
+            listeners.start(self)
+        finally:
+            listeners = None
+            unload("midge.listeners")
+        self.port = self.listeners[0].port
+
+    def _close_listeners(self):
+        for lst in self.listeners:
+            if lst.sock is not None:
+                lst.sock.close()
+                lst.sock = None
 
     async def run(self):
         cfg = self.cfg
-        sock = self._listen()
-        listener = None
+        tasks = []
         try:
+            self._prepare()
             self.broker.restore()
             on_sigterm(self.stop)
-            listener = asyncio.create_task(accept_forever(sock, self._accept))
-            log.info("midge %s listening on %s:%d (%s, max_clients=%d, free heap %d)",
-                     VERSION, cfg["host"], self.port,
+            for lst in self.listeners:
+                tasks.append(asyncio.create_task(self._serve(lst)))
+                log.info("midge %s listening on %s:%d (%s%s)", VERSION, lst.host, lst.port,
+                         "TLS, " if lst.tls else "", "anonymous allowed" if lst.anonymous else "user name and password required")
+            log.info("%s, max_clients=%d, free heap %d",
                      "micropython" if MICROPYTHON else "cpython", cfg["max_clients"], mem_free())
             while not self.stopping:
                 await sleep_ms(_TICK_MS)
@@ -84,17 +112,24 @@ class Server:
                 if self.on_tick is not None:
                     self.on_tick()
         finally:
-            if listener is not None:
-                listener.cancel()
+            for t in tasks:
+                t.cancel()
                 try:
-                    await listener
+                    await t
                 except BaseException:
                     pass
-            sock.close()
+            self._close_listeners()
             self.broker.close()
             log.info("stopped")
 
-    def _accept(self, reader, writer):
+    def _serve(self, lst):
+        """The accept loop of one listener (compat.accept_forever)."""
+        if lst.tls:
+            return accept_forever(lst.sock, lambda r, w: self._accept(r, w, lst), self._tls,
+                                  self.cfg["tls_handshake_timeout_ms"])
+        return accept_forever(lst.sock, lambda r, w: self._accept(r, w, lst))
+
+    def _accept(self, reader, writer, lst=None):
         """Called by the accept loop for each new socket; never raises (a
         failure closes that socket only). The connection's task is the
         connection's own run() frame, the only one an idle client keeps;
@@ -107,14 +142,27 @@ class Server:
                 log.info("connection refused: max_clients reached")
                 close_stream(writer)
                 return
+            if lst is not None and lst.tls and self._tls_open() >= self.cfg["max_tls_clients"]:
+                broker.count("tls_refused")
+                log.info("TLS connection refused: max_tls_clients reached")
+                close_stream(writer)
+                return
             set_nodelay(writer)
-            conn = Connection(broker, reader, writer, self.conns)
+            conn = Connection(broker, reader, writer, self.conns, lst)
             asyncio.create_task(conn.run())
         except MemoryError:
             if conn is not None and conn in self.conns:
                 self.conns.remove(conn)
             close_stream(writer)
             broker.memory_error("out of memory accepting a connection")
+
+    def _tls_open(self):
+        n = 0
+        for c in self.conns:
+            lst = c.listener
+            if lst is not None and lst.tls:
+                n += 1
+        return n
 
     def _make_room(self):
         """max_clients reached: close the oldest connection that has not
@@ -136,11 +184,20 @@ class Server:
         cfg = self.cfg
         connect_ms = cfg["connect_timeout_ms"]
         write_ms = cfg["write_timeout_ms"]
+        tls_ms = cfg["tls_handshake_timeout_ms"]
         broker = self.broker
         for conn in self.conns:
             if conn.closing:
                 continue  # Connection._finish bounds its own last write
-            if conn.state == AWAIT_CONNECT and ticks_diff(now, conn.opened_ms) > connect_ms:
+            lst = conn.listener
+            if (lst is not None and lst.tls and conn.state == AWAIT_CONNECT and conn.last_rx_ms == conn.opened_ms
+                    and ticks_diff(now, conn.opened_ms) > tls_ms):
+                # no byte of MQTT yet: the handshake (which MicroPython
+                # runs inside the first reads) has not completed
+                broker.count("tls_handshake_timeouts")
+                log.info("%s closed: no TLS handshake within %d ms", conn.peer, tls_ms)
+                conn.close()
+            elif conn.state == AWAIT_CONNECT and ticks_diff(now, conn.opened_ms) > connect_ms:
                 broker.count("connect_timeouts")
                 log.info("%s closed: no CONNECT within %d ms", conn.peer, connect_ms)
                 conn.close()
@@ -155,17 +212,3 @@ class Server:
         except OSError:
             pass  # logged and counted by the store; each writer commits before it sends
         flush_dirty(broker)
-
-
-def _errtext(e):
-    """'[Errno 98] EADDRINUSE'-like text on both interpreters (MicroPython's
-    OSError carries the number only, and its errno module names a few)."""
-    code = e.args[0] if e.args else None
-    if not isinstance(code, int) or len(e.args) > 1:
-        return str(e)  # CPython: "[Errno 99] Cannot assign requested address"
-    try:
-        import errno
-        name = errno.errorcode.get(code)
-    except (ImportError, AttributeError):
-        name = None
-    return "[Errno %d] %s" % (code, name) if name else "[Errno %d]" % code

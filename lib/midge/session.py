@@ -43,6 +43,11 @@ class Session:
                           # (0: max_inflight is the window)
     expiry_s = -1         # MQTT 5: Session Expiry Interval granted (-1: session_expiry_s applies)
     will_due_ms = 0       # MQTT 5: Broker.uptime_ms when a delayed will is published (0: none)
+    user = None           # the user name its client logged in with (None: anonymous); with a
+                          # password file, only that user's clients may use this client id
+    acl = None            # acl.ClientAcl of its client while an ACL file is set, else None
+    wcache = None         # topic bytes -> may publish (Broker.admit), with an ACL only
+    account = None        # Account of its user, only while a per-user queue quota is set
     _next_pid = 1
 
     def __init__(self, client_id, clean, now_ms):
@@ -136,3 +141,15 @@ class Session:
         """Anything acknowledged to a publisher or in flight: what evicting
         this session would destroy."""
         return bool(self.queue) or bool(self.inflight) or bool(self.in_qos2)
+
+
+class Account:
+    """What one user's sessions hold in their queues, for the per-user
+    queue quotas (max_queued_per_user, max_queued_bytes_per_user); kept by
+    Delivery beside the all-session totals."""
+
+    def __init__(self, user):
+        self.user = user      # user name, None for anonymous clients
+        self.sessions = 0     # sessions holding this account
+        self.queued = 0       # messages queued over the user's sessions
+        self.queued_bytes = 0

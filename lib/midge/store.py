@@ -74,6 +74,7 @@ R_WILL5 = const(22)      # cid, topic, qos, retain, u32 delay, u32 expiry, props
 R_QUEUE5 = const(23)     # cid, mid, qos, retain, sub ids: R_QUEUE under MQTT 5 subscription
                          # options (Retain As Published, subscription identifiers)
 R_INFLIGHT5 = const(24)  # cid, mid, pid, qos, retain, sub ids: R_INFLIGHT with subscription ids
+R_OWNER = const(25)      # cid, user name: the user whose client made the session (none: anonymous)
 _NO_EXPIRY = const(0xFFFFFFFF)  # "no Message Expiry Interval" in the u32 expiry fields
 
 _SNAP = "midge.snap"   # snapshot: header + records
@@ -255,6 +256,8 @@ class Store:
             s.sid = self._next_sid
             self._next_sid += 1
         self._rec(R_SESSION, self._sid(s) + _s16(s.client_id.encode()))
+        if s.user is not None:
+            self._rec(R_OWNER, self._sid(s) + _s16(s.user.encode()))
 
     def session_del(self, s):
         self._rec(R_SESSION_DEL, self._sid(s))

@@ -24,7 +24,7 @@ from .message import Message, expiry_at
 from .session import Session, AWAIT_ACK, AWAIT_COMP
 from .store import (StoreError, MAGIC, VERSION, _errtext, R_RETAIN, R_SESSION, R_SESSION_DEL, R_SUB,
                     R_UNSUB, R_MSG, R_QUEUE, R_DROP, R_SEND, R_INFLIGHT, R_COMP, R_DONE, R_IN2_ADD,
-                    R_IN2_DEL, R_WILL, R_WILL_DEL, R_INFLIGHT_COMP, R_SUB5, R_EXPIRY, R_MSG5, R_QUEUE5, R_INFLIGHT5,
+                    R_IN2_DEL, R_WILL, R_WILL_DEL, R_INFLIGHT_COMP, R_SUB5, R_EXPIRY, R_MSG5, R_QUEUE5, R_INFLIGHT5, R_OWNER,
                     R_RETAIN5, R_WILL5)
 
 _SNAP_HEAD = const(16)   # b"MIDG" | version | 3 zero | base | CRC of the 12 before
@@ -166,13 +166,15 @@ def open_store(st, broker):
 
 
 def _load(st, broker):
+    # the segment table first, while the heap is not yet cut up by the
+    # loaded state: a 1 KB block may not be found after it
+    st._segs = bytearray(_FAR + 1)
     msgs = {}
     online = {}
     # StoreError for a newer midge's store; skip = header bytes, 0: no snapshot
     base, skip, snap_bad = _load_snapshot(st, broker, msgs, online)
     if base < 0:
         base = _base_from_segments(st, )
-    st._segs = bytearray(_FAR + 1)
     st.seq = _scan(st, base) + 1 if base >= 0 else 0
     if base >= 0:
         _load_journal(st, base, skip, broker, msgs, online)
@@ -595,6 +597,8 @@ def _apply(st, broker, rtype, r, msgs, online):
                 will.delay_s = delay
     elif rtype == R_EXPIRY:
         s.expiry_s = r.u32()
+    elif rtype == R_OWNER:
+        s.user = r.s()
     elif rtype == R_WILL_DEL:
         online.pop(s, None)
     else:

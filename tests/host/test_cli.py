@@ -160,10 +160,13 @@ def test_host_that_does_not_resolve_exits_2(interp):
 
 
 @pytest.mark.parametrize("interp", INTERPS)
-def test_host_this_machine_cannot_bind_exits_2(interp):
+def test_host_this_machine_cannot_bind_exits_2(interp, tmp_path):
     # 192.0.2.1 (TEST-NET-1) resolves but is no address of this machine:
     # bind fails in Server.run, which raises ConfigError naming the key.
-    r = _run(interp, ["--host", "192.0.2.1", "--port", "0"])
+    # (allow_anonymous set: a non-loopback listener needs the operator's word)
+    cfg = tmp_path / "anon.json"
+    cfg.write_text(json.dumps({"allow_anonymous": True}))
+    r = _run(interp, ["--host", "192.0.2.1", "--port", "0", "--config", str(cfg)])
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert "'host'" in r.stderr and "192.0.2.1" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr, r.stderr

@@ -265,6 +265,7 @@ def test_package_json_lists_every_module():
     assert pkg["version"] == VERSION
 
 
+@pytest.mark.timeout(300)  # ~130 s: mpremote copies each of ~38 files over the emulated board's raw REPL
 def test_mip_install_of_the_repository_into_an_emulated_board(emulated_board_port):
     """`mpremote mip install` with the repository's package.json (here the
     local file: no network) puts midge where a board imports it from."""

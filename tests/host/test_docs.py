@@ -4,6 +4,7 @@ import os
 import re
 
 from midge.broker import COUNTERS
+from midge.listeners import ACCESS_COUNTERS, TLS_COUNTERS
 from midge.config import SPEC, load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -29,6 +30,10 @@ def _table_rows(text, header_start):
 
 
 def _fmt_default(v):
+    if v is None:
+        return "unset"
+    if isinstance(v, list):
+        return "[]" if not v else str(v)
     if isinstance(v, bool):
         return "true" if v else "false"
     return str(v)
@@ -41,7 +46,11 @@ def test_every_config_key_documented_with_default_and_range():
     for key, (default, low, high) in SPEC.items():
         row = documented[key]
         assert row[1].strip("`") == _fmt_default(default), (key, row[1])
-        if isinstance(default, bool):
+        if default is None or isinstance(default, bool):
+            assert row[2] == "true, false", (key, row[2])
+            continue
+        if isinstance(default, list):
+            assert row[2] == "list of listeners", (key, row[2])
             continue
         if isinstance(default, int):
             assert row[2] == "%d..%d" % (low, high), (key, row[2])
@@ -53,7 +62,7 @@ def test_every_config_key_documented_with_default_and_range():
 
 def test_every_counter_documented():
     text = _readme()
-    for name in COUNTERS:
+    for name in COUNTERS + ACCESS_COUNTERS + TLS_COUNTERS:
         assert "`%s`" % name in text, name
 
 

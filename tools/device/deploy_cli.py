@@ -1,6 +1,7 @@
 """tools/deploy: from a board running stock MicroPython to a running hub.
 
   tools/deploy --board esp32 --port /dev/ttyUSB0 --ssid NAME [--password P] [--hostname H]
+               [--mqtt-user NAME [--mqtt-password PW]]
   tools/deploy --board pico_w --port /dev/ttyACM0            (keeps the board's settings)
   tools/deploy ... --dry-run                                  (prints every command, runs none)
   tools/deploy --board esp32 --port PORT --stop | --start     (autostart off / on, then reset)
@@ -13,8 +14,9 @@ Steps, each an mpremote command (printed as it runs):
      what the probe checked);
   3. copy what changed (mpremote compares hashes and skips the rest): the
      bundle to /lib/midge/, the firmware modules to /lib/, /board.json,
-     /main.py, and /midge.json when settings are given (from a private
-     temporary file, removed afterwards: secrets never go into the repo);
+     /main.py, /passwd with --mqtt-user (that user, the password hashed)
+     and /midge.json when settings are given (from private temporary
+     files, removed afterwards: secrets never go into the repo);
      modules of an older midge that are not in the bundle are removed;
   4. reset the board and follow its console until the hub prints
      "midge: hub ready at mqtt://ADDRESS:PORT (HOSTNAME)"; print it.
@@ -35,7 +37,7 @@ import tempfile
 import time
 
 from device import geometry, layout
-from device.settings_args import add_settings_args, settings_from_args
+from device.settings_args import add_settings_args, files_from_args
 
 PROBE = ('import sys;print("MIDGE-PROBE",*sys.implementation.version[:2],'
          'getattr(sys.implementation,"_mpy",0),sys.platform)')
@@ -102,8 +104,10 @@ def check_probe(text, board):
     return major, minor
 
 
-def stage(board, settings):
-    """A private directory laid out as the board's filesystem: (dir, files)."""
+def stage(board, extra=()):
+    """A private directory laid out as the board's filesystem: (dir, files).
+    extra: [(device path, bytes)] written last, private (0600): the
+    password file, then the settings."""
     tmp = tempfile.mkdtemp(prefix="midge-deploy-")
     os.chmod(tmp, 0o700)
     files = layout.device_files(board)
@@ -111,12 +115,12 @@ def stage(board, settings):
         dst = os.path.join(tmp, dev.lstrip("/"))
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         shutil.copyfile(host, dst)
-    if settings is not None:
-        dst = os.path.join(tmp, layout.SETTINGS_PATH.lstrip("/"))
+    for dev, data in extra:
+        dst = os.path.join(tmp, dev.lstrip("/"))
         fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
-            f.write(settings)
-        files = files + [(layout.SETTINGS_PATH, dst)]
+            f.write(data)
+        files = files + [(dev, dst)]
     return tmp, files
 
 
@@ -215,7 +219,8 @@ def run(argv, runner=subprocess.run, out=sys.stdout):
 
     try:
         layout.board_info(args.board)
-        settings = None if (args.stop or args.start) else settings_from_args(args)
+        extra = [] if (args.stop or args.start) else files_from_args(args)
+        settings = dict(extra).get(layout.SETTINGS_PATH)
         text = do(mpremote(args.port, "exec", PROBE), "probe")
         if dry:
             say("  (dry run: the probe's answer is taken as MicroPython %d.%d on %s)"
@@ -230,11 +235,13 @@ def run(argv, runner=subprocess.run, out=sys.stdout):
                 do(mpremote(args.port, "exec", one_line(AUTOSTART_ON)),
                    "autostart on")
         else:
-            tmp, files = stage(args.board, settings)
+            tmp, files = stage(args.board, extra)
             try:
                 say("bundle: %d files (%d bytes), settings: %s"
                     % (len(files), sum(os.path.getsize(h) for _d, h in files),
                        "written (%s)" % layout.masked(settings) if settings is not None else "the board's own"))
+                for line in layout.access_notes(extra, "deploy"):
+                    say(line)
                 do(copy_command(args.port, tmp, files, reset=not args.no_reset), "copy")
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)

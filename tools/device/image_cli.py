@@ -1,9 +1,11 @@
 """tools/image: a littlefs image of a board's filesystem with midge on it
 (the .mpy bundle, the firmware files, the board file and, if given, the
-settings), ready to write in one command after the stock MicroPython
+settings and the password file), ready to write in one command after the stock MicroPython
 firmware.
 
   tools/image --board esp32 [--micropython 1.28] [--flash-size 4MB] [settings] [--out FILE]
+      (settings: --ssid NAME [--password P] [--hostname H] [--mqtt-user NAME [--mqtt-password PW]]
+       or --settings FILE)
       -> a .bin of the vfs partition; write it with the printed esptool command
   tools/image --board pico_w [settings] [--out FILE]
       -> a .uf2 of the filesystem region; copy it to the RPI-RP2 drive
@@ -15,7 +17,7 @@ import os
 import sys
 
 from device import geometry, layout, lfsimage
-from device.settings_args import add_settings_args, settings_from_args
+from device.settings_args import add_settings_args, files_from_args
 
 
 def parser():
@@ -39,9 +41,9 @@ def plan(args):
     flash_size = geometry.parse_size(args.flash_size)
     offset, size = geometry.filesystem(chip, version, flash_size)
     files = [(dev, open(host, "rb").read()) for dev, host in layout.device_files(args.board)]
-    settings = settings_from_args(args)
-    if settings is not None:
-        files.append((layout.SETTINGS_PATH, settings))
+    extra = files_from_args(args)
+    settings = dict(extra).get(layout.SETTINGS_PATH)
+    files += extra
     rp = chip in geometry.RP_CHIPS
     image, used = lfsimage.build(files, size, prog_size=256 if rp else 32)
     out = args.out or os.path.join(layout.ROOT, "build", "image",
@@ -61,7 +63,7 @@ def plan(args):
                % (out, len(files), size // 1024, offset, used, size // geometry.BLOCK_SIZE,
                   ", settings included" if settings is not None else ", no settings (the board "
                   "waits in setup mode until tools/deploy writes them)"))
-    return files, data, out, [summary] + how
+    return files, data, out, [summary] + layout.access_notes(extra, "image") + how
 
 
 def main(argv):
